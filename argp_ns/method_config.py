@@ -1,0 +1,68 @@
+"""The two nerfstudio methods, registered through the ``nerfstudio.method_configs`` entry point.
+
+Both are built like nerfstudio's ``splatfacto`` (same datamanager, optimizers, schedules, 30k steps);
+only the model config differs.
+"""
+
+from __future__ import annotations
+
+from nerfstudio.configs.base_config import ViewerConfig
+from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.models.splatfacto import SplatfactoModelConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from argp_ns.model import SplatfactoArgpModelConfig, SplatfactoSafeguardModelConfig
+
+
+def splatfacto_optimizers(max_steps: int = 30000) -> dict:
+    """splatfacto's optimizers and schedules (nerfstudio 1.1.5 method_configs)."""
+    adam = lambda lr: AdamOptimizerConfig(lr=lr, eps=1e-15)  # noqa: E731
+    warm = lambda lr, final: ExponentialDecaySchedulerConfig(lr_final=final, max_steps=max_steps, warmup_steps=1000, lr_pre_warmup=0)  # noqa: E731
+    return {
+        "means": {"optimizer": adam(1.6e-4), "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=max_steps)},
+        "features_dc": {"optimizer": adam(0.0025), "scheduler": None},
+        "features_rest": {"optimizer": adam(0.0025 / 20), "scheduler": None},
+        "opacities": {"optimizer": adam(0.05), "scheduler": None},
+        "scales": {"optimizer": adam(0.005), "scheduler": None},
+        "quats": {"optimizer": adam(0.001), "scheduler": None},
+        "camera_opt": {"optimizer": adam(1e-4), "scheduler": warm(1e-4, 5e-7)},
+        "bilateral_grid": {"optimizer": adam(2e-3), "scheduler": warm(2e-3, 1e-4)},
+    }
+
+
+def splatfacto_trainer(method_name: str, model: SplatfactoModelConfig) -> TrainerConfig:
+    """A TrainerConfig shaped like nerfstudio's ``splatfacto`` around ``model``."""
+    return TrainerConfig(
+        method_name=method_name,
+        steps_per_eval_image=100,
+        steps_per_eval_batch=0,
+        steps_per_save=2000,
+        steps_per_eval_all_images=1000,
+        max_num_iterations=30000,
+        mixed_precision=False,
+        pipeline=VanillaPipelineConfig(
+            datamanager=FullImageDatamanagerConfig(
+                dataparser=NerfstudioDataParserConfig(load_3D_points=True), cache_images_type="uint8"
+            ),
+            model=model,
+        ),
+        optimizers=splatfacto_optimizers(),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    )
+
+
+splatfacto_argp = MethodSpecification(
+    config=splatfacto_trainer("splatfacto-argp", SplatfactoArgpModelConfig()),
+    description="splatfacto + ARGP: adaptive opacity pruning and iterative recovery pruning (~15% of the Gaussians).",
+)
+
+splatfacto_safeguard = MethodSpecification(
+    config=splatfacto_trainer("splatfacto-safeguard", SplatfactoSafeguardModelConfig()),
+    description="splatfacto + SafeguardGS: one pixel-level top-k prune (or LightGaussian/Mini-Splatting/RadSplat/EfficientGS).",
+)

@@ -1,0 +1,306 @@
+"""splatfacto models that prune: the shared base, ``splatfacto-argp`` and ``splatfacto-safeguard``.
+
+The model owns the cameras and images: it renders (gsplat on CUDA, the PyTorch twin on the CPU), runs
+the score pass over the training views when its strategy asks for it, hands the scores to the
+strategy, and logs each prune event. Everything else is nerfstudio's splatfacto.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Type, Union
+
+import torch
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
+from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig
+from nerfstudio.utils import writer
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
+
+from argp_ns import render
+from argp_ns.scores import ScoreSpec
+from argp_ns.scoring import View, score_views
+from argp_ns.strategy import ArgpStrategy, IrpMode, PruneMethod, SafeguardStrategy
+
+
+def viewmat_from_c2w(c2w: Tensor) -> Tensor:
+    """World-to-camera [C,4,4] from nerfstudio camera-to-world [C,3,4] (OpenGL axes -> OpenCV axes)."""
+    R = c2w[:, :3, :3] * torch.tensor([[[1.0, -1.0, -1.0]]], device=c2w.device, dtype=c2w.dtype)
+    R_inv = R.transpose(1, 2)
+    out = torch.eye(4, device=c2w.device, dtype=c2w.dtype).repeat(c2w.shape[0], 1, 1)
+    out[:, :3, :3] = R_inv
+    out[:, :3, 3:] = -R_inv @ c2w[:, :3, 3:4]
+    return out
+
+
+@dataclass
+class PruningModelConfig(SplatfactoModelConfig):
+    """splatfacto plus a score pass; subclassed by the two methods."""
+
+    _target: Type = field(default_factory=lambda: PruningModel)
+    score_backend: Literal["auto", "cuda", "torch"] = "auto"
+    """Score pass implementation: the CUDA kernel where it builds ('auto'), or the PyTorch twin."""
+
+
+class PruningModel(SplatfactoModel):
+    """splatfacto that renders on CPU or GPU and prunes with a score-aware strategy."""
+
+    config: PruningModelConfig
+    strategy: Union[ArgpStrategy, SafeguardStrategy]
+
+    def populate_modules(self) -> None:
+        # splatfacto moves seed colours with a hard-coded .cuda(); build without them, then set them here
+        seed = self.seed_points
+        colours = None
+        if seed is not None and not self.config.random_init and seed[1].shape[0] > 0:
+            colours = seed[1].float() / 255.0
+            self.seed_points = (seed[0], seed[1][:0])
+        super().populate_modules()
+        self.seed_points = seed
+        if colours is not None:
+            dc = RGB2SH(colours) if self.config.sh_degree > 0 else torch.logit(colours, eps=1e-10)
+            self.gauss_params["features_dc"] = torch.nn.Parameter(dc)
+            self.gauss_params["features_rest"] = torch.nn.Parameter(torch.zeros_like(self.gauss_params["features_rest"]))
+        self.strategy = self.make_strategy(self.splatfacto_strategy_kwargs())
+        self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
+        self.prune_events: List[Dict[str, Any]] = []
+        self._datamanager = None
+
+    def splatfacto_strategy_kwargs(self) -> Dict[str, Any]:
+        """splatfacto's DefaultStrategy arguments, from this config."""
+        c = self.config
+        return dict(
+            prune_opa=c.cull_alpha_thresh, grow_grad2d=c.densify_grad_thresh, grow_scale3d=c.densify_size_thresh,
+            grow_scale2d=c.split_screen_size, prune_scale3d=c.cull_scale_thresh, prune_scale2d=c.cull_screen_size,
+            refine_scale2d_stop_iter=c.stop_screen_size_at, refine_start_iter=c.warmup_length,
+            refine_stop_iter=c.stop_split_at, reset_every=c.reset_alpha_every * c.refine_every,
+            refine_every=c.refine_every, pause_refine_after_reset=self.num_train_data + c.refine_every,
+            absgrad=c.use_absgrad, revised_opacity=False, verbose=True,
+        )
+
+    def make_strategy(self, base: Dict[str, Any]):
+        raise NotImplementedError
+
+    # --- rendering -------------------------------------------------------------------------------------
+    def _training_params(self, params: Dict[str, Tensor], opacities: Tensor):
+        """Gate the rows the strategy blocks: no gradient (frozen, hidden) and no opacity (hidden)."""
+        blocked = self.strategy.blocked(self.strategy_state) if isinstance(self.strategy, ArgpStrategy) else None
+        if blocked is None or not self.training or blocked.numel() != opacities.numel():
+            return params, opacities
+        gate = lambda x: torch.where(blocked.view(-1, *([1] * (x.dim() - 1))), x.detach(), x)  # noqa: E731
+        params = {k: gate(v) for k, v in params.items()}
+        opacities = gate(opacities)
+        if self.strategy.irp_mode == "hidden":
+            opacities = torch.where(blocked, torch.zeros_like(opacities), opacities)
+        return params, opacities
+
+    def get_outputs(self, camera: Cameras) -> Dict[str, Union[Tensor, List]]:
+        """splatfacto's forward pass, rendered by gsplat on CUDA and by the twin on the CPU."""
+        if not isinstance(camera, Cameras):
+            return {}
+        if self.training:
+            assert camera.shape[0] == 1, "Only one camera at a time"
+            c2w = self.camera_optimizer.apply_to_camera(camera)
+        else:
+            c2w = camera.camera_to_worlds
+        crop = None
+        if self.crop_box is not None and not self.training:
+            crop = self.crop_box.within(self.means).squeeze()
+            if crop.sum() == 0:
+                return self.get_empty_outputs(int(camera.width.item()), int(camera.height.item()), self.background_color)
+        params = {k: (v if crop is None else v[crop]) for k, v in self.gauss_params.items()}
+        params, opacities = self._training_params(params, torch.sigmoid(params["opacities"]).squeeze(-1))
+        colors = torch.cat((params["features_dc"][:, None, :], params["features_rest"]), dim=1)
+        scale = self._get_downscale_factor()
+        camera.rescale_output_resolution(1 / scale)
+        viewmat = viewmat_from_c2w(c2w)
+        K = camera.get_intrinsics_matrices().to(self.device)
+        W, H = int(camera.width.item()), int(camera.height.item())
+        self.last_size = (H, W)
+        camera.rescale_output_resolution(scale)
+        if self.config.rasterize_mode not in ("antialiased", "classic"):
+            raise ValueError(f"Unknown rasterize_mode: {self.config.rasterize_mode}")
+        render_mode = "RGB+ED" if self.config.output_depth_during_training or not self.training else "RGB"
+        if self.config.sh_degree > 0:
+            sh_degree: Optional[int] = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
+        else:
+            colors, sh_degree = torch.sigmoid(colors).squeeze(1), None
+        rgb, alpha, self.info = render.rasterize(
+            means=params["means"], quats=params["quats"], scales=torch.exp(params["scales"]), opacities=opacities,
+            colors=colors, viewmats=viewmat, Ks=K, width=W, height=H, packed=False, near_plane=0.01, far_plane=1e10,
+            render_mode=render_mode, sh_degree=sh_degree, sparse_grad=False, absgrad=self.strategy.absgrad,
+            rasterize_mode=self.config.rasterize_mode,
+        )
+        if self.training:
+            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info)
+        background = self._get_background_color()
+        out_rgb = torch.clamp(rgb[..., :3] + (1 - alpha) * background, 0.0, 1.0)
+        if self.config.use_bilateral_grid and self.training and camera.metadata and "cam_idx" in camera.metadata:
+            out_rgb = self._apply_bilateral_grid(out_rgb, camera.metadata["cam_idx"], H, W)
+        depth = None
+        if render_mode == "RGB+ED":
+            depth = torch.where(alpha > 0, rgb[..., 3:4], rgb[..., 3:4].detach().max()).squeeze(0)
+        if background.shape[0] == 3 and not self.training:
+            background = background.expand(H, W, 3)
+        return {"rgb": out_rgb.squeeze(0), "depth": depth, "accumulation": alpha.squeeze(0), "background": background}
+
+    # --- training callbacks ----------------------------------------------------------------------------
+    def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        self.strategy.check_config(attrs.trainer.config.max_num_iterations)
+        self._datamanager = attrs.pipeline.datamanager
+        self.rebind_optimizers(attrs.optimizers.optimizers)
+        return super().get_training_callbacks(attrs)
+
+    def rebind_optimizers(self, optimizers: Dict[str, torch.optim.Optimizer]) -> None:
+        """Point each Gaussian optimizer at the live Parameter, moving its Adam state along.
+
+        On resume, splatfacto's ``load_state_dict`` replaces the Parameters after the trainer built the
+        optimizers, and ``load_optimizers`` attaches the saved state to the stale ones."""
+        for name, param in self.gauss_params.items():
+            opt = optimizers.get(name)
+            if opt is None:
+                continue
+            old = opt.param_groups[0]["params"][0]
+            if old is param:
+                continue
+            state = opt.state.pop(old, None)
+            opt.param_groups[0]["params"] = [param]
+            if state is not None:
+                opt.state[param] = state
+
+    def step_post_backward(self, step: int) -> None:
+        """gsplat's refine step (with the strategy's own prune rule), then a scored round when due."""
+        super().step_post_backward(step)
+        if self.strategy.round_due(step):
+            scores = self.score_training_views() if self.strategy.scores_due(step) else None
+            self.strategy.score_round(self.gauss_params, self.optimizers, self.strategy_state, step, scores)
+        self._log_events()
+
+    def _log_events(self) -> None:
+        """Move the strategy's new prune events to the run's log: one line each, and the metrics writer."""
+        for event in self.strategy_state.pop("events", []):
+            self.prune_events.append(event)
+            CONSOLE.print(f"argp_ns: step {event['step']}: {event['rule']} removed {event['removed']:,}, kept {event['kept']:,}")
+            writer.put_scalar(name=f"prune/{event['rule']}_removed", scalar=event["removed"], step=event["step"])
+            writer.put_scalar(name="prune/gaussians", scalar=event["kept"], step=event["step"])
+
+    # --- score pass ------------------------------------------------------------------------------------
+    def score_spec(self) -> ScoreSpec:
+        return ScoreSpec()
+
+    def training_views(self) -> List[View]:
+        """All training cameras at full resolution, GT (RGBA composited on the eval background)."""
+        dm = self._datamanager
+        if dm is None or not hasattr(dm, "cached_train"):
+            raise RuntimeError("the score pass needs a full-image datamanager with cached training images")
+        cached = dm.cached_train
+        cameras = dm.train_cameras
+        background = self.background_color.to(self.device) if self.config.background_color == "random" else self._get_background_color()
+        views = []
+        for i, data in enumerate(cached):
+            cam = cameras[i : i + 1].to(self.device)
+            img = data["image"].to(self.device)
+            img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+            views.append(View(viewmat_from_c2w(cam.camera_to_worlds)[0], cam.get_intrinsics_matrices()[0],
+                              int(cam.width.item()), int(cam.height.item()),
+                              self.composite_with_background(img, background), background))
+        return views
+
+    def score_training_views(self) -> Dict[str, Tensor]:
+        """Run the score pass over the training views at the current SH degree."""
+        sh = min(self.step // self.config.sh_degree_interval, self.config.sh_degree) if self.config.sh_degree > 0 else None
+        coeffs = torch.cat((self.features_dc[:, None, :], self.features_rest), dim=1)
+        if sh is None:
+            coeffs = torch.sigmoid(coeffs).squeeze(1)
+        result = score_views(
+            self.means.detach(), self.quats.detach(), torch.exp(self.scales.detach()),
+            torch.sigmoid(self.opacities.detach()).squeeze(-1), coeffs.detach(), sh, self.training_views(),
+            self.score_spec(), **self.score_pass_options(), backend=self.config.score_backend,
+        )
+        cov = sum(result.coverage) / max(len(result.coverage), 1)
+        CONSOLE.print(f"argp_ns: score pass ({result.backend}): {len(result.coverage)} views, {result.seconds:.2f}s, mean coverage {cov:.3f}")
+        return result.totals
+
+    def score_pass_options(self) -> Dict[str, Any]:
+        return {"k": 1, "tile_scope": False, "recovery": False}
+
+
+@dataclass
+class SplatfactoArgpModelConfig(PruningModelConfig):
+    """splatfacto-argp: AOP during densification, IRP after it (see ``ArgpStrategy``)."""
+
+    _target: Type = field(default_factory=lambda: SplatfactoArgpModel)
+    stop_split_at: int = 12000
+    """Densification (and AOP) stops here (official ARGP: 12,000; splatfacto: 15,000)."""
+    prune_quantile: float = 0.01
+    """AOP: prune activated opacity strictly below this quantile at each refine step."""
+    reset_opacity_value: float = 0.2
+    """Opacity reset value (splatfacto: 0.2 = 2 x cull_alpha_thresh; official ARGP: 0.01)."""
+    irp_start: int = 12000
+    """First IRP round (marking only)."""
+    irp_every: int = 3000
+    """Steps between IRP rounds."""
+    irp_last: int = 27000
+    """Last IRP round (score and delete, no new marking)."""
+    mark_ratio: float = 0.7
+    """Fraction of the unmarked Gaussians marked as candidates at each round (preset 0.5 in earlier code)."""
+    recover_ratio: float = 0.4
+    """Fraction of the previous candidates recovered (kept) by recovery score (preset 0.35 in earlier code)."""
+    irp_mode: IrpMode = "moments"
+    """Candidates between rounds: moments (zero Adam moments, as released), frozen (no updates), hidden (not rendered in training)."""
+
+
+class SplatfactoArgpModel(PruningModel):
+    config: SplatfactoArgpModelConfig
+
+    def make_strategy(self, base: Dict[str, Any]) -> ArgpStrategy:
+        c = self.config
+        base["prune_opa"] = c.reset_opacity_value / 2.0
+        return ArgpStrategy(**base, prune_quantile=c.prune_quantile, irp_start=c.irp_start, irp_every=c.irp_every,
+                            irp_last=c.irp_last, mark_ratio=c.mark_ratio, recover_ratio=c.recover_ratio, irp_mode=c.irp_mode)
+
+    def score_pass_options(self) -> Dict[str, Any]:
+        return {"k": 1, "tile_scope": False, "recovery": True}
+
+
+@dataclass
+class SplatfactoSafeguardModelConfig(PruningModelConfig):
+    """splatfacto-safeguard: one pixel-level top-k prune (SafeguardGS) or one of the paper's baselines."""
+
+    _target: Type = field(default_factory=lambda: SplatfactoSafeguardModel)
+    prune_step: int = 20000
+    """Step of the single prune (paper: 20,000 of 30,000)."""
+    prune_method: PruneMethod = "safeguard"
+    """safeguard (family score top-k), efficientgs (alpha*T top-k), lightgaussian, minisplatting, radsplat."""
+    top_k: int = 1
+    """Per-pixel top-k (safeguard, efficientgs); 1..32 for the CUDA pass."""
+    score: str = "safeguard"
+    """Family member for safeguard: 'safeguard' (= alpha_t*l1, code 36), a bitmask code (3, 4, 8, 9, 36, 39, 40, 52, 57) or factors like 'alpha_t*exp*cosine'."""
+    topk_scope: Literal["pixel", "tile"] = "pixel"
+    """pixel (paper) or tile (the released CUDA: per-tile top-k of per-batch last contributors)."""
+    prune_ratio: float = 0.6
+    """lightgaussian: fraction pruned."""
+    keep_ratio: float = 0.1
+    """minisplatting: fraction kept."""
+    minisplatting_sampling: bool = False
+    """minisplatting: sample kept Gaussians in proportion to importance instead of the top ones."""
+    radsplat_threshold: float = 0.01
+    """radsplat: prune max blending weight below this (0.25 for RadSplat-Light)."""
+
+
+class SplatfactoSafeguardModel(PruningModel):
+    config: SplatfactoSafeguardModelConfig
+
+    def make_strategy(self, base: Dict[str, Any]) -> SafeguardStrategy:
+        c = self.config
+        ScoreSpec.parse(c.score)  # fail at start on an unknown score
+        return SafeguardStrategy(**base, prune_step=c.prune_step, prune_method=c.prune_method, top_k=c.top_k,
+                                 topk_scope=c.topk_scope, prune_ratio=c.prune_ratio, keep_ratio=c.keep_ratio,
+                                 minisplatting_sampling=c.minisplatting_sampling, radsplat_threshold=c.radsplat_threshold)
+
+    def score_spec(self) -> ScoreSpec:
+        return ScoreSpec.parse("efficientgs" if self.config.prune_method == "efficientgs" else self.config.score)
+
+    def score_pass_options(self) -> Dict[str, Any]:
+        return {"k": self.config.top_k, "tile_scope": self.config.topk_scope == "tile", "recovery": False}
