@@ -92,7 +92,7 @@ def tile_lists(
     hit = (lo_xy[None, :, 0] <= tx) & (tx < hi_xy[None, :, 0]) & (lo_xy[None, :, 1] <= ty) & (ty < hi_xy[None, :, 1])
     order = torch.argsort(depths, stable=True)
     hit = hit[:, order]
-    k = int(hit.sum(1).max().item()) if hit.numel() else 0
+    k = max(1, int(hit.sum(1).max().item()) if hit.numel() else 0)
     slot = torch.argsort((~hit).to(torch.uint8), dim=1, stable=True)[:, :k]
     ids = order[slot]
     return torch.where(torch.gather(hit, 1, slot), ids, torch.full_like(ids, -1))
