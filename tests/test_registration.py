@@ -1,0 +1,51 @@
+"""The plugin registers both methods with nerfstudio and their configs build."""
+
+import subprocess
+
+import pytest
+import tyro
+
+from argp_ns.model import SplatfactoArgpModelConfig, SplatfactoSafeguardModelConfig
+
+
+def test_entry_points_discovered():
+    from nerfstudio.plugins.registry import discover_methods
+
+    methods, descriptions = discover_methods()
+    assert methods["splatfacto-argp"].method_name == "splatfacto-argp"
+    assert methods["splatfacto-safeguard"].method_name == "splatfacto-safeguard"
+    assert isinstance(methods["splatfacto-argp"].pipeline.model, SplatfactoArgpModelConfig)
+    assert isinstance(methods["splatfacto-safeguard"].pipeline.model, SplatfactoSafeguardModelConfig)
+    assert "ARGP" in descriptions["splatfacto-argp"]
+
+
+def test_configs_match_splatfacto():
+    from nerfstudio.configs.method_configs import all_methods
+
+    base = all_methods["splatfacto"]
+    for name in ("splatfacto-argp", "splatfacto-safeguard"):
+        cfg = all_methods[name]
+        assert cfg.max_num_iterations == base.max_num_iterations
+        assert set(cfg.optimizers) == set(base.optimizers)
+        for key, opt in base.optimizers.items():
+            assert cfg.optimizers[key]["optimizer"].lr == opt["optimizer"].lr
+        assert type(cfg.pipeline.datamanager) is type(base.pipeline.datamanager)
+
+
+def test_ns_train_help_lists_methods():
+    out = subprocess.run(["ns-train", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "splatfacto-argp" in out and "splatfacto-safeguard" in out
+
+
+@pytest.mark.parametrize(
+    "method,field,value",
+    [("splatfacto-argp", "irp_mode", "frozen"), ("splatfacto-argp", "mark_ratio", "0.5"),
+     ("splatfacto-argp", "prune_quantile", "0.02"), ("splatfacto-safeguard", "top_k", "4"),
+     ("splatfacto-safeguard", "prune_method", "radsplat"), ("splatfacto-safeguard", "topk_scope", "tile")],
+)
+def test_flags_exposed(method, field, value):
+    from nerfstudio.configs.method_configs import all_methods
+
+    default = all_methods[method]
+    cfg = tyro.cli(type(default), default=default, args=[f"--pipeline.model.{field.replace('_', '-')}", value])
+    assert str(getattr(cfg.pipeline.model, field)) == value
