@@ -20,8 +20,9 @@
 
 #include "score_pass.h"
 
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <cstdint>
 
@@ -33,6 +34,8 @@ constexpr int kBlock = kTile * kTile;  // threads per block = pixels per tile = 
 constexpr float kAlphaMin = 1.0f / 255.0f;
 constexpr float kAlphaMax = 0.999f;
 constexpr float kTMin = 1e-4f;
+// PyTorch's CUDA kernels divide by a Python scalar as a multiplication by its float reciprocal
+constexpr float kThird = static_cast<float>(1.0 / 3.0);
 
 static_assert(kMaxK <= kBlock, "top-k arrays are per thread");
 static_assert(sizeof(int64_t) == sizeof(unsigned long long), "hits are atomically added as unsigned long long");
@@ -110,7 +113,8 @@ __device__ __forceinline__ float norm3(float x, float y, float z) {
 
 // score = base * distance * colour, multiplied in the reference's order (scores.family_score):
 // base in {1, opacity, alpha, opacity T, alpha T}; distance exp(-k_p |p + 0.5 - mu|);
-// colour cos(c, g) (as (base dot) / max(|c||g|, 1e-8)), 1 - |c - g|_1 / 3 or exp(-k_c |c - g|_1 / 3).
+// colour cos(c, g) (as (base dot) / max(|c||g|, 1e-8)), 1 - |c - g|_1 / 3 or exp(-k_c |c - g|_1 / 3)
+// (the division by 3 as a multiplication by (float)(1/3), as the reference computes it on the GPU).
 __device__ float family_score(const ScoreParams& p, const Splat& s, float alpha, float T, float dx, float dy,
                               float gr, float gg, float gb) {
   float score;
@@ -131,8 +135,8 @@ __device__ float family_score(const ScoreParams& p, const Splat& s, float alpha,
     score = __fdiv_rn(__fmul_rn(score, dot), denom);
   } else if (p.colour >= 2) {
     const float l1 = sum3(fabsf(__fsub_rn(s.r, gr)), fabsf(__fsub_rn(s.g, gg)), fabsf(__fsub_rn(s.b, gb)));
-    const float factor = p.colour == 2 ? __fsub_rn(1.0f, __fdiv_rn(l1, 3.0f))
-                                       : expf(__fdiv_rn(__fmul_rn(-p.k_c, l1), 3.0f));
+    const float factor = p.colour == 2 ? __fsub_rn(1.0f, __fmul_rn(l1, kThird))
+                                       : expf(__fmul_rn(__fmul_rn(-p.k_c, l1), kThird));
     score = __fmul_rn(score, factor);
   }
   return score;
@@ -306,7 +310,7 @@ void launch_score_pass(const ScorePassArgs& a) {
   const dim3 grid(a.tile_w, a.tile_h);
   const dim3 block(kTile, kTile);
   if (a.tile_w > 0 && a.tile_h > 0) {
-    score_pass_kernel<<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+    score_pass_kernel<<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
