@@ -202,7 +202,7 @@ class PruningModel(SplatfactoModel):
             cam = cameras[i : i + 1].to(self.device)
             img = data["image"].to(self.device)
             img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
-            views.append(View(viewmat_from_c2w(cam.camera_to_worlds)[0], cam.get_intrinsics_matrices()[0],
+            views.append(View(viewmat_from_c2w(cam.camera_to_worlds)[0], cam.get_intrinsics_matrices()[0].to(self.device),
                               int(cam.width.item()), int(cam.height.item()),
                               self.composite_with_background(img, background), background))
         return views

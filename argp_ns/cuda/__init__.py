@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Dict, Optional, Tuple
@@ -39,13 +40,14 @@ TILE_SIZE = 16
 _DIR = Path(__file__).resolve().parent
 _SOURCES = ("bindings.cpp", "score_pass.cu")
 _TOTALS = ("keep", "sum_w", "max_w", "hits", "sum_opacity", "recovery")
+_COMPLAINT = re.compile(r"error|cannot find|undefined|not found", re.IGNORECASE)
 _log = logging.getLogger(__name__)
 
 
 def _first_error_line(exc: BaseException) -> str:
-    """The most telling line of a build failure: the first line naming an error, else the first line."""
+    """The most telling line of a build failure: the first compiler or linker complaint, else the first line."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-    return next((ln for ln in lines[1:] if "error" in ln.lower()), lines[0])
+    return next((ln for ln in lines[1:] if _COMPLAINT.search(ln)), lines[0])
 
 
 @functools.lru_cache(maxsize=None)

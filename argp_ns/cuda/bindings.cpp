@@ -89,5 +89,11 @@ at::Tensor score_pass(at::Tensor keep, at::Tensor sum_w, at::Tensor max_w, at::T
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "argp_ns score pass: per-pixel scores over gsplat's tile lists (see argp_ns/cuda/__init__.py)";
-  m.def("score_pass", &score_pass, "Score one camera into the per-Gaussian totals; returns covered [H, W] bool");
+  m.def("score_pass", &score_pass, "Score one camera into the per-Gaussian totals; returns covered [H, W] bool",
+        py::arg("keep"), py::arg("sum_w"), py::arg("max_w"), py::arg("hits"), py::arg("sum_opacity"),
+        py::arg("recovery_score"), py::arg("means2d"), py::arg("conics"), py::arg("opacities"), py::arg("colors"),
+        py::arg("gt"), py::arg("background"), py::arg("tile_start"), py::arg("tile_end"), py::arg("flatten_ids"),
+        py::arg("rec_start"), py::arg("rec_score"), py::arg("rec_id"), py::arg("cam_offset"), py::arg("width"),
+        py::arg("height"), py::arg("tile_w"), py::arg("tile_h"), py::arg("base"), py::arg("distance"),
+        py::arg("colour"), py::arg("k_p"), py::arg("k_c"), py::arg("k"), py::arg("recovery"));
 }

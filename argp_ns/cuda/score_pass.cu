@@ -12,11 +12,12 @@
 // scores (ties to the front-most) in keep; with tile scope each pixel writes, per 256-long batch of the
 // list, the batch's last contributor as a record (slot rec_start[tile] + 256 batch + pixel-in-tile), which
 // the Python side ranks per tile; with recovery a back-to-front walk adds the ARGP score
-// vis_i (dL/dalpha_i)^2 to recovery.
+// vis_i (dL/dalpha_i)^2 to recovery, recovering T_i = T_{i+1} / (1 - alpha_i) and summing w c behind i.
 //
-// Every float operation uses an explicitly rounded intrinsic (__fmul_rn, __fadd_rn, ...) in the order of
-// the PyTorch reference, so that no multiply-add is contracted into an FMA: alpha, T and the skip / stop
-// decisions are then bit-identical to the reference, and so are the hit sets.
+// Every float multiply, add and divide is an explicitly rounded intrinsic (__fmul_rn, __fadd_rn, ...) in
+// the order of the PyTorch reference, so that nothing is contracted into an FMA, and expf is the accurate
+// one (no fast math): alpha, T and the skip / stop decisions are then bit-identical to the reference on
+// the GPU, and so are the hit sets.
 
 #include "score_pass.h"
 
@@ -37,7 +38,6 @@ constexpr float kTMin = 1e-4f;
 // PyTorch's CUDA kernels divide by a Python scalar as a multiplication by its float reciprocal
 constexpr float kThird = static_cast<float>(1.0 / 3.0);
 
-static_assert(kMaxK <= kBlock, "top-k arrays are per thread");
 static_assert(sizeof(int64_t) == sizeof(unsigned long long), "hits are atomically added as unsigned long long");
 
 struct ScoreParams {
