@@ -12,13 +12,16 @@ from typing import Any, Dict, List, Literal, Optional, Type, Union
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.viewer.viewer_elements import ViewerControl
 from torch import Tensor
 
 from argp_ns import render
+from argp_ns.panel import LivePanel, panel_text
+from argp_ns.report import PruningReport
 from argp_ns.scores import ScoreSpec
 from argp_ns.scoring import View, score_views
 from argp_ns.strategy import ArgpStrategy, IrpMode, PruneMethod, SafeguardStrategy
@@ -41,6 +44,8 @@ class PruningModelConfig(SplatfactoModelConfig):
     _target: Type = field(default_factory=lambda: PruningModel)
     score_backend: Literal["auto", "cuda", "torch"] = "auto"
     """Score pass implementation: the CUDA kernel where it builds ('auto'), or the PyTorch twin."""
+    report_psnr: Literal["rounds", "all", "off"] = "rounds"
+    """Eval-view PSNR before/after prunes in pruning_report.json: scored rounds only, also AOP steps, or never."""
 
 
 class PruningModel(SplatfactoModel):
@@ -66,6 +71,23 @@ class PruningModel(SplatfactoModel):
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
         self.prune_events: List[Dict[str, Any]] = []
         self._datamanager = None
+        self._run_dir = None
+        self.viewer_control = ViewerControl()
+        self.panel = LivePanel(self.viewer_control)
+        self.report = PruningReport(method=type(self).__name__)
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        """Saved in checkpoints: the schedule state a resume needs (IRP candidates) and the report so far."""
+        cand = self.strategy_state.get("irp_candidates")
+        return {"irp_candidates": None if cand is None else cand.cpu(), "prune_events": list(self.prune_events),
+                "counts": list(self.report.counts)}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        if state.get("irp_candidates") is not None:
+            self.strategy_state["irp_candidates"] = state["irp_candidates"].to(self.device)
+        self.prune_events = list(state.get("prune_events", []))
+        self.report.events = list(self.prune_events)
+        self.report.counts = [list(c) for c in state.get("counts", [])]
 
     def splatfacto_strategy_kwargs(self) -> Dict[str, Any]:
         """splatfacto's DefaultStrategy arguments, from this config."""
@@ -149,8 +171,20 @@ class PruningModel(SplatfactoModel):
     def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> List[TrainingCallback]:
         self.strategy.check_config(attrs.trainer.config.max_num_iterations)
         self._datamanager = attrs.pipeline.datamanager
+        self._run_dir = attrs.trainer.base_dir
+        self.report.method = attrs.trainer.config.method_name
         self.rebind_optimizers(attrs.optimizers.optimizers)
-        return super().get_training_callbacks(attrs)
+        return super().get_training_callbacks(attrs) + [
+            TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN], self.finish_report)
+        ]
+
+    def finish_report(self, step: int) -> None:
+        """Write the final pruning report and print its summary (after training)."""
+        self.report.final_gaussians = self.num_points
+        self.report.add_count(step, self.num_points)
+        if self._run_dir is not None:
+            path = self.report.write(self._run_dir)
+            CONSOLE.print(f"argp_ns: {self.report.summary()} Report: {path}", markup=False)
 
     def rebind_optimizers(self, optimizers: Dict[str, torch.optim.Optimizer]) -> None:
         """Point each Gaussian optimizer at the live Parameter, moving its Adam state along.
@@ -171,19 +205,64 @@ class PruningModel(SplatfactoModel):
 
     def step_post_backward(self, step: int) -> None:
         """gsplat's refine step (with the strategy's own prune rule), then a scored round when due."""
+        refine = self._is_refine_step(step)
+        round_due = self.strategy.round_due(step)
+        measure = round_due or (refine and self.config.report_psnr == "all")
+        before = self.eval_psnr() if measure and self.config.report_psnr != "off" else None
         super().step_post_backward(step)
-        if self.strategy.round_due(step):
+        if round_due:
             scores = self.score_training_views() if self.strategy.scores_due(step) else None
             self.strategy.score_round(self.gauss_params, self.optimizers, self.strategy_state, step, scores)
-        self._log_events()
+        events = self.strategy_state.pop("events", [])
+        after = self.eval_psnr() if before is not None and events else None
+        for event in events:
+            event["psnr_before"], event["psnr_after"] = before, after
+            self._log_event(event)
+        if refine or round_due:
+            self.report.add_count(step, self.num_points)
+        self.panel.update(panel_text(self.num_points, self.prune_events[-1] if self.prune_events else None,
+                                     *self.strategy.next_prune(step)), force=bool(events))
 
-    def _log_events(self) -> None:
-        """Move the strategy's new prune events to the run's log: one line each, and the metrics writer."""
-        for event in self.strategy_state.pop("events", []):
-            self.prune_events.append(event)
-            CONSOLE.print(f"argp_ns: step {event['step']}: {event['rule']} removed {event['removed']:,}, kept {event['kept']:,}")
-            writer.put_scalar(name=f"prune/{event['rule']}_removed", scalar=event["removed"], step=event["step"])
-            writer.put_scalar(name="prune/gaussians", scalar=event["kept"], step=event["step"])
+    def _is_refine_step(self, step: int) -> bool:
+        """gsplat DefaultStrategy's refine condition (grow + prune)."""
+        st = self.strategy
+        return (st.refine_start_iter < step < st.refine_stop_iter and step % st.refine_every == 0
+                and step % st.reset_every >= st.pause_refine_after_reset)
+
+    def _log_event(self, event: Dict[str, Any]) -> None:
+        """One prune event to the console, the metrics writer and the report (written at once)."""
+        self.prune_events.append(event)
+        self.report.events.append(event)
+        psnr = f" (eval PSNR {event['psnr_before']:.2f} -> {event['psnr_after']:.2f})" if event.get("psnr_after") is not None else ""
+        CONSOLE.print(f"argp_ns: step {event['step']}: {event['rule']} removed {event['removed']:,}, kept {event['kept']:,}{psnr}", markup=False)
+        writer.put_scalar(name=f"prune/{event['rule']}_removed", scalar=event["removed"], step=event["step"])
+        writer.put_scalar(name="prune/gaussians", scalar=event["kept"], step=event["step"])
+        if self._run_dir is not None and event["rule"] != "aop":
+            self.report.write(self._run_dir)
+
+    @torch.no_grad()
+    def eval_psnr(self) -> Optional[float]:
+        """Mean PSNR over the eval views (None without evaluation data)."""
+        dm = self._datamanager
+        if dm is None or not hasattr(dm, "fixed_indices_eval_dataloader"):
+            return None
+        pairs = dm.fixed_indices_eval_dataloader  # a property in nerfstudio 1.1.5, a method in later versions
+        pairs = pairs() if callable(pairs) else pairs
+        if not pairs:
+            return None
+        was_training, info = self.training, getattr(self, "info", None)  # the training render's info feeds the strategy
+        self.eval()
+        try:
+            values = []
+            for camera, batch in pairs:
+                out = self.get_outputs_for_camera(camera)
+                gt = self.composite_with_background(self.get_gt_img(batch["image"]), out["background"])
+                mse = torch.mean((out["rgb"] - gt) ** 2).clamp(min=1e-10)
+                values.append(float(-10 * torch.log10(mse)))
+        finally:
+            self.train(was_training)
+            self.info = info
+        return sum(values) / len(values)
 
     # --- score pass ------------------------------------------------------------------------------------
     def score_spec(self) -> ScoreSpec:
@@ -219,7 +298,8 @@ class PruningModel(SplatfactoModel):
             self.score_spec(), **self.score_pass_options(), backend=self.config.score_backend,
         )
         cov = sum(result.coverage) / max(len(result.coverage), 1)
-        CONSOLE.print(f"argp_ns: score pass ({result.backend}): {len(result.coverage)} views, {result.seconds:.2f}s, mean coverage {cov:.3f}")
+        CONSOLE.print(f"argp_ns: score pass ({result.backend}): {len(result.coverage)} views, {result.seconds:.2f}s, "
+                      f"mean coverage {cov:.3f}", markup=False)
         return result.totals
 
     def score_pass_options(self) -> Dict[str, Any]:

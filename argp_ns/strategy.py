@@ -111,6 +111,14 @@ class ArgpStrategy(DefaultStrategy):
         """True at the steps of the IRP rounds."""
         return step in self.irp_rounds()
 
+    def next_prune(self, step: int) -> Tuple[Optional[int], str]:
+        """The next step at which a rule may prune, and the rule."""
+        nxt = (step // self.refine_every + 1) * self.refine_every
+        if nxt < self.refine_stop_iter:
+            return nxt, "aop"
+        later = [r for r in self.irp_rounds() if r > step]
+        return (later[0], "irp") if later else (None, "")
+
     def scores_due(self, step: int) -> bool:
         """True at rounds that need the recovery score (every round but the first)."""
         rounds = self.irp_rounds()
@@ -201,6 +209,10 @@ class SafeguardStrategy(DefaultStrategy):
     def round_due(self, step: int) -> bool:
         """True at the single prune step."""
         return step == self.prune_step
+
+    def next_prune(self, step: int) -> Tuple[Optional[int], str]:
+        """The single prune, if still ahead."""
+        return (self.prune_step, self.prune_method) if step < self.prune_step else (None, "")
 
     def scores_due(self, step: int) -> bool:
         """The prune needs the score pass."""
