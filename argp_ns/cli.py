@@ -1,5 +1,6 @@
 """``argp-ns``: the project's command line.
 
+``argp-ns prune`` prunes a finished run (see :mod:`argp_ns.posthoc`).
 ``argp-ns demo`` makes the embedded demo scene and runs the main job on it through nerfstudio's own
 tools: ``ns-train splatfacto-argp`` (a short schedule on the CPU, the normal one on a GPU),
 ``ns-eval``, ``ns-export gaussian-splat``, then prints a summary.
@@ -84,7 +85,9 @@ def run(cmd: List[str], env: dict) -> None:
 
 
 def main() -> None:
-    tyro.extras.subcommand_cli_from_dict({"demo": Demo}).main()
+    from argp_ns.posthoc import Prune
+
+    tyro.extras.subcommand_cli_from_dict({"demo": Demo, "prune": Prune}).main()
 
 
 if __name__ == "__main__":

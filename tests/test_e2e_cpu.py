@@ -64,3 +64,50 @@ def test_resume_continues_with_live_optimizers(argp_run, demo_scene):
 def test_safeguard_prunes_inside_the_run(demo_scene, tmp_path):
     _, log = train("splatfacto-safeguard", demo_scene, tmp_path, steps=220)
     assert "safeguard removed" in log
+
+
+def test_pruning_report_written(argp_run):
+    _, config, log = argp_run
+    report = json.loads((config.parent / "pruning_report.json").read_text())
+    rules = [e["rule"] for e in report["events"]]
+    assert rules.count("irp") == 2 and "aop" in rules
+    irp = [e for e in report["events"] if e["rule"] == "irp"]
+    assert all(e["psnr_before"] is not None and e["psnr_after"] is not None for e in irp)
+    assert report["final_gaussians"] == irp[-1]["kept"] and report["counts"][-1][1] == report["final_gaussians"]
+    assert (config.parent / "pruning_report.png").stat().st_size > 0
+    assert "prune events" in log
+
+
+def test_posthoc_prune_writes_a_loadable_run(argp_run, tmp_path):
+    _, config, _ = argp_run
+    out = tmp_path / "pruned"
+    proc = subprocess.run(["argp-ns", "prune", "--load-config", str(config), "--output-dir", str(out), "--method", "safeguard"],
+                          env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Gaussians" in proc.stdout and "eval PSNR" in proc.stdout
+    new_config = next(out.glob("*/splatfacto-safeguard/pruned/config.yml"))
+    subprocess.run(["ns-eval", "--load-config", str(new_config), "--output-path", str(tmp_path / "m.json")], env=ENV, check=True)
+    again = subprocess.run(["argp-ns", "prune", "--load-config", str(config), "--output-dir", str(out)], env=ENV, capture_output=True, text=True)
+    assert again.returncode != 0 and "exists" in again.stderr.strip().splitlines()[-1]
+
+
+def test_posthoc_refuses_other_methods_and_missing_data(argp_run, tmp_path):
+    from nerfstudio.configs.method_configs import all_methods
+
+    other = all_methods["nerfacto"]
+    other.output_dir = tmp_path
+    other.timestamp = "x"
+    other.save_config()
+    cfg = next(tmp_path.glob("**/config.yml"))
+    proc = subprocess.run(["argp-ns", "prune", "--load-config", str(cfg), "--output-dir", str(tmp_path / "o")], env=ENV, capture_output=True, text=True)
+    assert proc.returncode != 0 and "not a splatfacto method" in proc.stderr
+    _, config, _ = argp_run
+    import yaml
+
+    cfg = yaml.load(config.read_text(), Loader=yaml.Loader)
+    cfg.pipeline.datamanager.data = cfg.pipeline.datamanager.dataparser.data = tmp_path / "nowhere"
+    moved = tmp_path / "moved.yml"
+    moved.write_text(yaml.dump(cfg))
+    proc = subprocess.run(["argp-ns", "prune", "--load-config", str(moved), "--output-dir", str(tmp_path / "o")], env=ENV, capture_output=True, text=True)
+    assert proc.returncode != 0 and "missing" in proc.stderr and not (tmp_path / "o").exists()
+

@@ -1,0 +1,136 @@
+"""Post-hoc pruning of a finished splatfacto run (stock ``splatfacto`` or ours): ``argp-ns prune``.
+
+Loads the run with nerfstudio's ``eval_setup``, rebuilt as a ``splatfacto-safeguard`` model (same
+splatfacto fields), scores it over its training views with the score pass, prunes once, and writes a
+new run directory (config.yml + checkpoint) that ``ns-eval``, ``ns-viewer`` and ``ns-export`` load as is.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import yaml
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.models.splatfacto import SplatfactoModelConfig
+
+from argp_ns.model import SplatfactoSafeguardModelConfig
+from argp_ns.strategy import prune
+
+Method = Literal["safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat", "argp"]
+
+
+class PosthocError(RuntimeError):
+    """A post-hoc prune that cannot start; nothing was written."""
+
+
+@dataclass
+class Prune:
+    """Score a finished run over its training views, prune it once, write a new run."""
+
+    load_config: Path
+    """config.yml of the finished run (splatfacto, splatfacto-argp, splatfacto-safeguard, ...)."""
+    output_dir: Path
+    """Where the new run goes (must not exist)."""
+    method: Method = "safeguard"
+    """safeguard / efficientgs (per-pixel top-k), lightgaussian, minisplatting, radsplat, or argp (keep by recovery score)."""
+    top_k: int = 1
+    score: str = "safeguard"
+    topk_scope: Literal["pixel", "tile"] = "pixel"
+    keep_ratio: float = 0.1
+    """minisplatting and argp: fraction kept."""
+    prune_ratio: float = 0.6
+    radsplat_threshold: float = 0.01
+    score_backend: Literal["auto", "cuda", "torch"] = "auto"
+
+    def main(self) -> None:
+        try:
+            self.run()
+        except PosthocError as err:
+            raise SystemExit(f"argp-ns prune: {err}") from None
+
+    def _check(self) -> TrainerConfig:
+        if self.output_dir.exists():
+            raise PosthocError(f"output directory {self.output_dir} exists; nothing was overwritten")
+        if not self.load_config.is_file():
+            raise PosthocError(f"no config at {self.load_config}")
+        config = yaml.load(self.load_config.read_text(), Loader=yaml.Loader)
+        if not isinstance(config, TrainerConfig) or not isinstance(config.pipeline.model, SplatfactoModelConfig):
+            name = getattr(config, "method_name", "?")
+            raise PosthocError(f"{self.load_config} is a {name} run, not a splatfacto method")
+        data = config.pipeline.datamanager.data or config.pipeline.datamanager.dataparser.data
+        if data is None or not Path(data).exists():
+            raise PosthocError(f"the run's dataset {data} is missing (the score pass needs its training images)")
+        return config
+
+    def _model_config(self, old: SplatfactoModelConfig) -> SplatfactoSafeguardModelConfig:
+        fields = {f.name: getattr(old, f.name) for f in dataclasses.fields(SplatfactoModelConfig) if f.name != "_target"}
+        method = "minisplatting" if self.method == "argp" else self.method
+        return SplatfactoSafeguardModelConfig(
+            **fields, prune_method=method, top_k=self.top_k, score=self.score, topk_scope=self.topk_scope,
+            keep_ratio=self.keep_ratio, prune_ratio=self.prune_ratio, radsplat_threshold=self.radsplat_threshold,
+            score_backend=self.score_backend,
+        )
+
+    def run(self) -> Path:
+        from nerfstudio.utils.eval_utils import eval_setup
+
+        source = self._check()
+        swap = lambda c: dataclasses.replace(c, pipeline=dataclasses.replace(c.pipeline, model=self._model_config(c.pipeline.model)))  # noqa: E731
+        try:
+            config, pipeline, ckpt, step = eval_setup(self.load_config, test_mode="test", update_config_callback=swap)
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise PosthocError(f"the checkpoint does not match its config ({str(err).splitlines()[0][:200]})") from None
+        model = pipeline.model
+        model._datamanager = pipeline.datamanager
+        n_before, psnr_before = model.num_points, model.eval_psnr()
+        scores = self._scores(model)
+        mask = self._mask(model, scores)
+        optimizers = {k: torch.optim.Adam([p], lr=0.0) for k, p in model.gauss_params.items()}
+        event = prune(model.gauss_params, optimizers, model.strategy_state, mask, step, self.method)
+        model.prune_events.append(event)
+        psnr_after = model.eval_psnr()
+        run_dir = self._write(config, source, pipeline, step, ckpt)
+        fmt = lambda v: "absent" if v is None else f"{v:.2f} dB"  # noqa: E731
+        print(f"argp-ns prune ({self.method}): {n_before:,} -> {model.num_points:,} Gaussians "
+              f"({100.0 * model.num_points / n_before:.1f}%); eval PSNR {fmt(psnr_before)} -> {fmt(psnr_after)}")
+        print(f"  new run: {run_dir / 'config.yml'}")
+        return run_dir
+
+    def _scores(self, model):
+        model.config.top_k = self.top_k
+        recovery = self.method == "argp"
+        options = model.score_pass_options()
+        model.score_pass_options = lambda: {**options, "recovery": recovery}
+        return model.score_training_views()
+
+    def _mask(self, model, scores) -> torch.Tensor:
+        if self.method == "argp":
+            s = scores["recovery"]
+            n_keep = max(1, int(round(self.keep_ratio * s.numel())))
+            mask = torch.ones_like(s, dtype=torch.bool)
+            mask[torch.sort(s, descending=True, stable=True).indices[:n_keep]] = False
+            return mask
+        return model.strategy.prune_mask(model.gauss_params, scores)
+
+    def _write(self, config: TrainerConfig, source: TrainerConfig, pipeline, step: int, ckpt: Path) -> Path:
+        out = copy.deepcopy(config)
+        out.method_name = "splatfacto-safeguard"
+        out.output_dir = self.output_dir
+        out.timestamp = "pruned"
+        out.load_dir = None
+        run_dir = out.get_base_dir()
+        ckpt_dir = out.get_checkpoint_dir()
+        ckpt_dir.mkdir(parents=True)
+        out.save_config()
+        transforms = self.load_config.parent / "dataparser_transforms.json"
+        if transforms.exists():
+            shutil.copy(transforms, run_dir / transforms.name)
+        torch.save({"step": step, "pipeline": pipeline.state_dict(), "optimizers": {}, "schedulers": {}, "scalers": {}},
+                   ckpt_dir / ckpt.name)
+        return run_dir
