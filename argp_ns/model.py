@@ -315,6 +315,8 @@ class SplatfactoArgpModelConfig(PruningModelConfig):
     """Densification (and AOP) stops here (official ARGP: 12,000; splatfacto: 15,000)."""
     prune_quantile: float = 0.01
     """AOP: prune activated opacity strictly below this quantile at each refine step."""
+    aop_opacity_floor: float = 0.0
+    """AOP also prunes below this absolute opacity (0: pure AOP as published; 0.1: on top of splatfacto's cull)."""
     reset_opacity_value: float = 0.2
     """Opacity reset value (splatfacto: 0.2 = 2 x cull_alpha_thresh; official ARGP: 0.01)."""
     irp_start: int = 12000
@@ -337,7 +339,7 @@ class SplatfactoArgpModel(PruningModel):
     def make_strategy(self, base: Dict[str, Any]) -> ArgpStrategy:
         c = self.config
         base["prune_opa"] = c.reset_opacity_value / 2.0
-        return ArgpStrategy(**base, prune_quantile=c.prune_quantile, irp_start=c.irp_start, irp_every=c.irp_every,
+        return ArgpStrategy(**base, prune_quantile=c.prune_quantile, opacity_floor=c.aop_opacity_floor, irp_start=c.irp_start, irp_every=c.irp_every,
                             irp_last=c.irp_last, mark_ratio=c.mark_ratio, recover_ratio=c.recover_ratio, irp_mode=c.irp_mode)
 
     def score_pass_options(self) -> Dict[str, Any]:

@@ -65,8 +65,9 @@ def zero_moments(optimizers: Dict[str, torch.optim.Optimizer], names, rows: Tens
 class ArgpStrategy(DefaultStrategy):
     """ARGP: Adaptive Opacity Pruning during densification, Iterative Recovery Pruning after it.
 
-    AOP (at each refine step, after grow): prune ``sigmoid(opacity) < quantile(sigmoid(opacity), prune_quantile)``
-    (strict) instead of the absolute threshold; gsplat's scale / screen-size rules stay. ``prune_opa`` is
+    AOP (at each refine step, after grow): prune ``sigmoid(opacity) < max(quantile(sigmoid(opacity), prune_quantile),
+    opacity_floor)`` (strict) instead of the absolute threshold (``opacity_floor`` 0: pure AOP, as published);
+    gsplat's scale / screen-size rules stay. ``prune_opa`` is
     no longer a pruning threshold: it only sets the opacity-reset value ``2 * prune_opa``.
 
     IRP (rounds R_0 < ... < R_last, every ``irp_every`` steps): R_0 marks the ``mark_ratio`` lowest-opacity
@@ -78,6 +79,7 @@ class ArgpStrategy(DefaultStrategy):
     """
 
     prune_quantile: float = 0.01
+    opacity_floor: float = 0.0
     irp_start: int = 12000
     irp_every: int = 3000
     irp_last: int = 27000
@@ -127,7 +129,7 @@ class ArgpStrategy(DefaultStrategy):
     def _prune_gs(self, params, optimizers, state: Dict[str, Any], step: int) -> int:
         """AOP: strictly-below-quantile opacity, OR gsplat's 3-D scale and screen-size rules."""
         opa = torch.sigmoid(params["opacities"].flatten())
-        is_prune = opa < quantile(opa, self.prune_quantile)
+        is_prune = opa < torch.clamp(quantile(opa, self.prune_quantile), min=self.opacity_floor)
         if step > self.reset_every:
             is_prune |= torch.exp(params["scales"]).max(dim=-1).values > self.prune_scale3d * state["scene_scale"]
             if step < self.refine_scale2d_stop_iter:
