@@ -286,8 +286,9 @@ class PruningModel(SplatfactoModel):
                               self.composite_with_background(img, background), background))
         return views
 
-    def score_training_views(self) -> Dict[str, Tensor]:
-        """Run the score pass over the training views at the current SH degree."""
+    def score_training_views(self, **options: Any) -> Dict[str, Tensor]:
+        """Run the score pass over the training views at the current SH degree (``options`` override
+        :meth:`score_pass_options`)."""
         sh = min(self.step // self.config.sh_degree_interval, self.config.sh_degree) if self.config.sh_degree > 0 else None
         coeffs = torch.cat((self.features_dc[:, None, :], self.features_rest), dim=1)
         if sh is None:
@@ -295,7 +296,7 @@ class PruningModel(SplatfactoModel):
         result = score_views(
             self.means.detach(), self.quats.detach(), torch.exp(self.scales.detach()),
             torch.sigmoid(self.opacities.detach()).squeeze(-1), coeffs.detach(), sh, self.training_views(),
-            self.score_spec(), **self.score_pass_options(), backend=self.config.score_backend,
+            self.score_spec(), **{**self.score_pass_options(), **options}, backend=self.config.score_backend,
         )
         cov = sum(result.coverage) / max(len(result.coverage), 1)
         CONSOLE.print(f"argp_ns: score pass ({result.backend}): {len(result.coverage)} views, {result.seconds:.2f}s, "

@@ -29,6 +29,24 @@ class PosthocError(RuntimeError):
     """A post-hoc prune that cannot start; nothing was written."""
 
 
+def load_run(load_config: Path, **overrides):
+    """Load a finished splatfacto-family run as a ``splatfacto-safeguard`` model (its splatfacto fields kept,
+    ``overrides`` set), with its datamanager attached for the score pass: (config, pipeline, checkpoint, step)."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    def swap(c: TrainerConfig) -> TrainerConfig:
+        fields = {f.name: getattr(c.pipeline.model, f.name) for f in dataclasses.fields(SplatfactoModelConfig) if f.name != "_target"}
+        model = SplatfactoSafeguardModelConfig(**fields, **overrides)
+        return dataclasses.replace(c, pipeline=dataclasses.replace(c.pipeline, model=model))
+
+    try:
+        config, pipeline, ckpt, step = eval_setup(load_config, test_mode="test", update_config_callback=swap)
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise PosthocError(f"the checkpoint does not match its config ({str(err).splitlines()[0][:200]})") from None
+    pipeline.model._datamanager = pipeline.datamanager
+    return config, pipeline, ckpt, step
+
+
 @dataclass
 class Prune:
     """Score a finished run over its training views, prune it once, write a new run."""
@@ -68,26 +86,13 @@ class Prune:
             raise PosthocError(f"the run's dataset {data} is missing (the score pass needs its training images)")
         return config
 
-    def _model_config(self, old: SplatfactoModelConfig) -> SplatfactoSafeguardModelConfig:
-        fields = {f.name: getattr(old, f.name) for f in dataclasses.fields(SplatfactoModelConfig) if f.name != "_target"}
-        method = "minisplatting" if self.method == "argp" else self.method
-        return SplatfactoSafeguardModelConfig(
-            **fields, prune_method=method, top_k=self.top_k, score=self.score, topk_scope=self.topk_scope,
-            keep_ratio=self.keep_ratio, prune_ratio=self.prune_ratio, radsplat_threshold=self.radsplat_threshold,
-            score_backend=self.score_backend,
-        )
-
     def run(self) -> Path:
-        from nerfstudio.utils.eval_utils import eval_setup
-
-        source = self._check()
-        swap = lambda c: dataclasses.replace(c, pipeline=dataclasses.replace(c.pipeline, model=self._model_config(c.pipeline.model)))  # noqa: E731
-        try:
-            config, pipeline, ckpt, step = eval_setup(self.load_config, test_mode="test", update_config_callback=swap)
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise PosthocError(f"the checkpoint does not match its config ({str(err).splitlines()[0][:200]})") from None
+        self._check()
+        overrides = dict(prune_method="minisplatting" if self.method == "argp" else self.method, top_k=self.top_k,
+                         score=self.score, topk_scope=self.topk_scope, keep_ratio=self.keep_ratio,
+                         prune_ratio=self.prune_ratio, radsplat_threshold=self.radsplat_threshold, score_backend=self.score_backend)
+        config, pipeline, ckpt, step = load_run(self.load_config, **overrides)
         model = pipeline.model
-        model._datamanager = pipeline.datamanager
         n_before, psnr_before = model.num_points, model.eval_psnr()
         scores = self._scores(model)
         mask = self._mask(model, scores)
@@ -95,7 +100,7 @@ class Prune:
         event = prune(model.gauss_params, optimizers, model.strategy_state, mask, step, self.method)
         model.prune_events.append(event)
         psnr_after = model.eval_psnr()
-        run_dir = self._write(config, source, pipeline, step, ckpt)
+        run_dir = self._write(config, pipeline, step, ckpt)
         fmt = lambda v: "absent" if v is None else f"{v:.2f} dB"  # noqa: E731
         print(f"argp-ns prune ({self.method}): {n_before:,} -> {model.num_points:,} Gaussians "
               f"({100.0 * model.num_points / n_before:.1f}%); eval PSNR {fmt(psnr_before)} -> {fmt(psnr_after)}")
@@ -103,11 +108,7 @@ class Prune:
         return run_dir
 
     def _scores(self, model):
-        model.config.top_k = self.top_k
-        recovery = self.method == "argp"
-        options = model.score_pass_options()
-        model.score_pass_options = lambda: {**options, "recovery": recovery}
-        return model.score_training_views()
+        return model.score_training_views(recovery=self.method == "argp")
 
     def _mask(self, model, scores) -> torch.Tensor:
         if self.method == "argp":
@@ -118,7 +119,7 @@ class Prune:
             return mask
         return model.strategy.prune_mask(model.gauss_params, scores)
 
-    def _write(self, config: TrainerConfig, source: TrainerConfig, pipeline, step: int, ckpt: Path) -> Path:
+    def _write(self, config: TrainerConfig, pipeline, step: int, ckpt: Path) -> Path:
         out = copy.deepcopy(config)
         out.method_name = "splatfacto-safeguard"
         out.output_dir = self.output_dir

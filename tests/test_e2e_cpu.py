@@ -111,3 +111,12 @@ def test_posthoc_refuses_other_methods_and_missing_data(argp_run, tmp_path):
     proc = subprocess.run(["argp-ns", "prune", "--load-config", str(moved), "--output-dir", str(tmp_path / "o")], env=ENV, capture_output=True, text=True)
     assert proc.returncode != 0 and "missing" in proc.stderr and not (tmp_path / "o").exists()
 
+
+
+def test_score_pass_benchmark_on_a_trained_run(argp_run, tmp_path):
+    from benchmarks import score_pass
+
+    _, config, _ = argp_run
+    result = score_pass.main(["--load-config", str(config), "--out", str(tmp_path / "sp.json")])
+    assert result["gpu"] == "cpu" and result["kernel_ms"] is None and result["torch_ms"] > 0 and result["render_ms"] > 0
+    assert 0 < result["kept"] <= result["gaussians"] and json.loads((tmp_path / "sp.json").read_text()) == result
