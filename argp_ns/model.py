@@ -37,6 +37,12 @@ def viewmat_from_c2w(c2w: Tensor) -> Tensor:
     return out
 
 
+def eval_pairs(datamanager) -> List[Any]:
+    """The held-out (camera, batch) pairs of a full-image datamanager (a property in nerfstudio 1.1.5, a method later)."""
+    pairs = datamanager.fixed_indices_eval_dataloader
+    return pairs() if callable(pairs) else pairs
+
+
 @dataclass
 class PruningModelConfig(SplatfactoModelConfig):
     """splatfacto plus a score pass; subclassed by the two methods."""
@@ -69,12 +75,16 @@ class PruningModel(SplatfactoModel):
             self.gauss_params["features_rest"] = torch.nn.Parameter(torch.zeros_like(self.gauss_params["features_rest"]))
         self.strategy = self.make_strategy(self.splatfacto_strategy_kwargs())
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
-        self.prune_events: List[Dict[str, Any]] = []
         self._datamanager = None
         self._run_dir = None
         self.viewer_control = ViewerControl()
         self.panel = LivePanel(self.viewer_control)
         self.report = PruningReport(method=type(self).__name__)
+
+    @property
+    def prune_events(self) -> List[Dict[str, Any]]:
+        """Every prune event of this run so far ({step, rule, removed, kept, psnr_before, psnr_after})."""
+        return self.report.events
 
     def get_extra_state(self) -> Dict[str, Any]:
         """Saved in checkpoints: the schedule state a resume needs (IRP candidates) and the report so far."""
@@ -85,8 +95,7 @@ class PruningModel(SplatfactoModel):
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         if state.get("irp_candidates") is not None:
             self.strategy_state["irp_candidates"] = state["irp_candidates"].to(self.device)
-        self.prune_events = list(state.get("prune_events", []))
-        self.report.events = list(self.prune_events)
+        self.report.events = list(state.get("prune_events", []))
         self.report.counts = [list(c) for c in state.get("counts", [])]
 
     def splatfacto_strategy_kwargs(self) -> Dict[str, Any]:
@@ -231,7 +240,6 @@ class PruningModel(SplatfactoModel):
 
     def _log_event(self, event: Dict[str, Any]) -> None:
         """One prune event to the console, the metrics writer and the report (written at once)."""
-        self.prune_events.append(event)
         self.report.events.append(event)
         psnr = f" (eval PSNR {event['psnr_before']:.2f} -> {event['psnr_after']:.2f})" if event.get("psnr_after") is not None else ""
         CONSOLE.print(f"argp_ns: step {event['step']}: {event['rule']} removed {event['removed']:,}, kept {event['kept']:,}{psnr}", markup=False)
@@ -246,8 +254,7 @@ class PruningModel(SplatfactoModel):
         dm = self._datamanager
         if dm is None or not hasattr(dm, "fixed_indices_eval_dataloader"):
             return None
-        pairs = dm.fixed_indices_eval_dataloader  # a property in nerfstudio 1.1.5, a method in later versions
-        pairs = pairs() if callable(pairs) else pairs
+        pairs = eval_pairs(dm)
         if not pairs:
             return None
         was_training, info = self.training, getattr(self, "info", None)  # the training render's info feeds the strategy

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from argp_ns.model import eval_pairs
 from benchmarks.report import load_results, merge_run, write_outputs
 
 # step-based schedules scaled by the quick protocol: (config path, applies to)
@@ -128,9 +129,7 @@ def train(cfg) -> Dict[str, Any]:
 @torch.no_grad()
 def render_ms(pipeline, warmup: int = 3) -> Optional[float]:
     """Median milliseconds of a synchronised forward render of the held-out views, after warm-up."""
-    dm = pipeline.datamanager
-    pairs = dm.fixed_indices_eval_dataloader
-    pairs = pairs() if callable(pairs) else pairs
+    pairs = eval_pairs(pipeline.datamanager)
     if not pairs:
         return None
     model = pipeline.model
