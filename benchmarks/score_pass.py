@@ -29,9 +29,9 @@ from argp_ns.scores import ScoreSpec
 from argp_ns.scoring import score_views
 
 
-def timed(fn, cuda: bool) -> Tuple[float, Any]:
-    """(milliseconds of fn() after one warm-up call, synchronised; its result)."""
-    fn()
+def timed(fn, cuda: bool, warmup=None) -> Tuple[float, Any]:
+    """(milliseconds of fn() after one warm-up call (``warmup``, else fn itself), synchronised; its result)."""
+    (warmup or fn)()
     if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -47,11 +47,12 @@ def main(argv: Optional[List[str]] = None) -> dict:
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--score", default="safeguard")
     p.add_argument("--recovery", action="store_true")
+    p.add_argument("--views", type=int, default=None, help="time only the first N training views (default: all)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "score-pass.json")
     args = p.parse_args(argv)
     _, pipeline, _, _ = load_run(args.load_config)
     model = pipeline.model
-    views = model.training_views()
+    views = model.training_views()[: args.views]
     cuda = model.means.is_cuda
     spec = ScoreSpec.parse(args.score)
     sh = model.config.sh_degree
@@ -65,16 +66,19 @@ def main(argv: Optional[List[str]] = None) -> dict:
                 rasterize(**g, colors=coeffs, viewmats=v.viewmat[None], Ks=v.K[None], width=v.width, height=v.height,
                           packed=False, sh_degree=sh, backgrounds=v.background[None])
 
-    def score(backend):
-        return lambda: score_views(g["means"], g["quats"], g["scales"], g["opacities"], coeffs, sh, views, spec,
+    def score(backend, on=views):
+        return lambda: score_views(g["means"], g["quats"], g["scales"], g["opacities"], coeffs, sh, on, spec,
                                    k=args.top_k, recovery=args.recovery, backend=backend)
 
     render_ms, _ = timed(render_all, cuda)
-    torch_ms, twin_res = timed(score("torch"), cuda)
-    kernel_ms, same = None, None
+    torch_ms, twin_res = timed(score("torch"), cuda, warmup=score("torch", views[:1]))
+    kernel_ms, same, rel = None, None, None
     if cuda and kernel.available():
         kernel_ms, k_res = timed(score("cuda"), cuda)
         same = bool(torch.equal(k_res.totals["keep"], twin_res.totals["keep"]))
+        if args.recovery:
+            a, b = k_res.totals["recovery"], twin_res.totals["recovery"]
+            rel = float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
     n, nv = model.num_points, len(views)
     result = {
         "gpu": torch.cuda.get_device_name() if cuda else "cpu", "date": datetime.date.today().isoformat(),
@@ -85,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         "torch_over_kernel": None if kernel_ms is None else round(torch_ms / kernel_ms, 2),
         "kernel_ms_per_million_per_view": None if kernel_ms is None else round(kernel_ms / nv / (n / 1e6), 3),
         "kept_identical": same, "kept": int(twin_res.totals["keep"].sum()), "top_k": args.top_k, "score": spec.name,
-        "recovery": args.recovery,
+        "recovery": args.recovery, "recovery_max_diff_over_max": rel,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
