@@ -20,7 +20,7 @@ For one pixel p and its Gaussians front to back (gsplat's tile list; contributor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -84,11 +84,16 @@ class ScoreSpec:
         return cls(base, distance, colour)
 
 
-def sequential_transmittance(a: Tensor) -> Tuple[Tensor, Tensor]:
-    """T_i = prod_{j<i}(1 - a_j) multiplied one by one in float32, as the kernels do, and T_final."""
-    T = torch.empty_like(a)
+def sequential_transmittance(a: Tensor, stop_at: Optional[float] = None) -> Tuple[Tensor, Tensor]:
+    """T_i = prod_{j<i}(1 - a_j) multiplied one by one in float32, as the kernels do, and T_final.
+
+    With ``stop_at``, the walk ends once every row's transmittance is <= stop_at (checked every 32 entries);
+    the T_i left are 0 (every later T_i (1 - a_i) <= stop_at, so a cut-off test ``> stop_at`` is unchanged)."""
+    T = torch.zeros_like(a)
     t = torch.ones_like(a[..., 0])
     for i in range(a.shape[-1]):
+        if stop_at is not None and i % 32 == 0 and i and bool((t <= stop_at).all()):
+            break
         T[..., i] = t
         t = t * (1 - a[..., i])
     return T, t
@@ -130,8 +135,12 @@ def accumulate_tiles(
     alpha, vis, sigma_ok = gaussian_alpha(means2d[g], conics[g], opacities[g], xy)
     valid = (ids >= 0)[:, None, :] & inside[..., None] & sigma_ok & (alpha >= ALPHA_MIN)
     a = torch.where(valid, alpha, torch.zeros_like(alpha))
-    T, _ = sequential_transmittance(a)
+    T, _ = sequential_transmittance(a, stop_at=T_MIN)
     contrib = valid & (T * (1 - a) > T_MIN)
+    # drop the list tail after the chunk's last contributor: nothing there counts
+    used = torch.nonzero(contrib.flatten(0, 1).any(0))
+    n_used = int(used.max().item()) + 1 if used.numel() else 1
+    g, alpha, vis, contrib = g[..., :n_used], alpha[..., :n_used], vis[..., :n_used], contrib[..., :n_used]
     a = torch.where(contrib, alpha, torch.zeros_like(alpha))
     T, T_final = sequential_transmittance(a)
     w = a * T

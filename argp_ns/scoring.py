@@ -94,16 +94,13 @@ def _gsplat_colors(means: Tensor, coeffs: Tensor, vm: Tensor, radii: Tensor, sh_
 
 
 def gsplat_tile_chunks(isect_offsets: Tensor, flatten_ids: Tensor, width: int, height: int) -> Iterator[Tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """gsplat's tile lists of one camera as padded chunks (tiles, lists [T,K], pixel xy, inside)."""
+    """gsplat's tile lists of one camera as padded chunks (tiles, lists [T,K], pixel xy, inside); see
+    :func:`twin.tile_chunks`."""
     th, tw = isect_offsets.shape
     starts = isect_offsets.reshape(-1).long()
     ends = torch.cat([starts[1:], starts.new_tensor([flatten_ids.numel()])])
-    lengths = ends - starts
-    k_max = max(1, int(lengths.max().item()))
-    per_chunk = max(1, twin._BLOCK_ELEMS // (TILE * TILE * k_max))
-    for s in range(0, th * tw, per_chunk):
-        tiles = torch.arange(s, min(s + per_chunk, th * tw), device=flatten_ids.device)
-        k = max(1, int(lengths[tiles].max().item()))
+    for tiles in twin.tile_chunks(ends - starts, TILE * TILE):
+        k = max(1, int((ends[tiles] - starts[tiles]).max().item()))
         pos = starts[tiles, None] + torch.arange(k, device=tiles.device)
         inside_list = pos < ends[tiles, None]
         lists = torch.where(inside_list, flatten_ids[pos.clamp(max=max(flatten_ids.numel() - 1, 0))].long(), -1) if flatten_ids.numel() else torch.full_like(pos, -1)

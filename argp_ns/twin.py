@@ -117,16 +117,25 @@ def tile_counts(lo_xy: Tensor, hi_xy: Tensor, tile_w: int, tile_h: int) -> Tenso
     return diff.cumsum(0).cumsum(1)[:tile_h, :tile_w].reshape(-1)
 
 
+def tile_chunks(lengths: Tensor, pixels: int) -> Iterator[Tensor]:
+    """Tile indices in chunks of about ``_BLOCK_ELEMS`` list entries (chunk size x pixels x longest list),
+    longest lists first, so that short lists are not padded to the camera's longest one."""
+    order = torch.argsort(lengths.cpu(), descending=True, stable=True)
+    sizes = lengths.cpu()[order].clamp(min=1).tolist()
+    start = 0
+    while start < len(sizes):
+        n = max(1, _BLOCK_ELEMS // (pixels * sizes[start]))
+        yield order[start : start + n].to(lengths.device)
+        start += n
+
+
 def iter_tile_chunks(
     lo_xy: Tensor, hi_xy: Tensor, depths: Tensor, width: int, height: int, tile_size: int
 ) -> Iterator[Tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """Walk one camera's tiles in chunks: (tiles [T], lists [T,K], pixel xy [T,P,2], pixel in image [T,P])."""
+    """Walk one camera's tiles in chunks (see :func:`tile_chunks`): (tiles [T], lists [T,K], pixel xy [T,P,2],
+    pixel in image [T,P])."""
     tile_w, tile_h = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    k_max = max(1, int(tile_counts(lo_xy, hi_xy, tile_w, tile_h).max().item()))
-    per_chunk = max(1, _BLOCK_ELEMS // (tile_size * tile_size * k_max))
-    n_tiles = tile_w * tile_h
-    for start in range(0, n_tiles, per_chunk):
-        tiles = torch.arange(start, min(start + per_chunk, n_tiles), device=depths.device)
+    for tiles in tile_chunks(tile_counts(lo_xy, hi_xy, tile_w, tile_h), tile_size * tile_size):
         lists = tile_lists(lo_xy, hi_xy, depths, tiles, tile_w)
         xy, inside = tile_pixels(tiles, tile_size, tile_w, width, height)
         yield tiles, lists, xy, inside
@@ -170,8 +179,8 @@ def _composite_camera(
     lo_xy: Tensor, hi_xy: Tensor, depths: Tensor, width: int, height: int, tile_size: int, absgrad: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor]:
     """Render one camera: colours [H,W,D] and alpha [H,W,1]."""
-    out_c, out_a = [], []
-    for _, ids, xy, inside in iter_tile_chunks(lo_xy, hi_xy, depths, width, height, tile_size):
+    out_t, out_c, out_a = [], [], []
+    for tiles, ids, xy, inside in iter_tile_chunks(lo_xy, hi_xy, depths, width, height, tile_size):
         lists = ids[:, None, :].expand(-1, xy.shape[1], -1)
         mu = means2d[ids.clamp(min=0)][:, None].expand(-1, xy.shape[1], -1, -1)
         if absgrad is not None and mu.requires_grad:
@@ -185,16 +194,19 @@ def _composite_camera(
         rgb = ((a * T)[..., None] * colors[g]).sum(-2)
         if background is not None:
             rgb = rgb + T_final[..., None] * background
+        out_t.append(tiles)
         out_c.append(rgb)
         out_a.append(1 - T_final)
     tile_w, tile_h = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    D = colors.shape[-1]
+    tiles = torch.cat(out_t)
 
     def to_image(x: Tensor) -> Tensor:
+        x = x.reshape(len(tiles), tile_size * tile_size, -1)
+        x = torch.zeros(tile_h * tile_w, *x.shape[1:], dtype=x.dtype, device=x.device).index_copy(0, tiles, x)
         x = x.reshape(tile_h, tile_w, tile_size, tile_size, -1).permute(0, 2, 1, 3, 4)
         return x.reshape(tile_h * tile_size, tile_w * tile_size, -1)[:height, :width]
 
-    return to_image(torch.cat(out_c).reshape(-1, tile_size * tile_size, D)), to_image(torch.cat(out_a).unsqueeze(-1))
+    return to_image(torch.cat(out_c)), to_image(torch.cat(out_a).unsqueeze(-1))
 
 
 def rasterization(
