@@ -178,7 +178,8 @@ class PruningModel(SplatfactoModel):
 
     # --- training callbacks ----------------------------------------------------------------------------
     def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> List[TrainingCallback]:
-        self.strategy.check_config(attrs.trainer.config.max_num_iterations)
+        # a resumed run (load_dir) trains max_num_iterations more steps after the loaded one
+        self.strategy.check_config(getattr(attrs.trainer, "_start_step", 0) + attrs.trainer.config.max_num_iterations)
         self._datamanager = attrs.pipeline.datamanager
         self._run_dir = attrs.trainer.base_dir
         self.report.method = attrs.trainer.config.method_name

@@ -1,8 +1,11 @@
 """Post-hoc pruning of a finished splatfacto run (stock ``splatfacto`` or ours): ``argp-ns prune``.
 
 Loads the run with nerfstudio's ``eval_setup``, rebuilt as a ``splatfacto-safeguard`` model (same
-splatfacto fields), scores it over its training views with the score pass, prunes once, and writes a
-new run directory (config.yml + checkpoint) that ``ns-eval``, ``ns-viewer`` and ``ns-export`` load as is.
+splatfacto fields), scores it over its training views with the score pass, prunes once (Gaussians and
+their Adam moments), and writes a new run directory (config.yml + checkpoint with the pruned optimizer
+state and the run's schedulers) that ``ns-eval``, ``ns-viewer`` and ``ns-export`` load as is. With
+``--finetune-steps N`` nerfstudio's Trainer then resumes that checkpoint for N more steps, without
+densification or further pruning, at the learning rates where the run ended.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class Prune:
     prune_ratio: float = 0.6
     radsplat_threshold: float = 0.01
     score_backend: Literal["auto", "cuda", "torch"] = "auto"
+    finetune_steps: int = 0
+    """Train the pruned model this many more steps (no densification, no further prune); 0: prune only."""
 
     def main(self) -> None:
         try:
@@ -73,6 +78,8 @@ class Prune:
             raise SystemExit(f"argp-ns prune: {err}") from None
 
     def _check(self) -> TrainerConfig:
+        if self.finetune_steps < 0:
+            raise PosthocError(f"finetune-steps must be >= 0, got {self.finetune_steps}")
         if self.output_dir.exists():
             raise PosthocError(f"output directory {self.output_dir} exists; nothing was overwritten")
         if not self.load_config.is_file():
@@ -96,16 +103,46 @@ class Prune:
         n_before, psnr_before = model.num_points, model.eval_psnr()
         scores = self._scores(model)
         mask = self._mask(model, scores)
-        optimizers = {k: torch.optim.Adam([p], lr=0.0) for k, p in model.gauss_params.items()}
+        saved = torch.load(ckpt, map_location="cpu")
+        optimizers = self._saved_optimizers(model, saved.get("optimizers", {}))
         event = prune(model.gauss_params, optimizers, model.strategy_state, mask, step, self.method)
         model.prune_events.append(event)
         psnr_after = model.eval_psnr()
-        run_dir = self._write(config, pipeline, step, ckpt)
+        saved["optimizers"] = {**saved.get("optimizers", {}), **{k: o.state_dict() for k, o in optimizers.items()}}
+        out, run_dir = self._write(config, pipeline, step, ckpt, saved)
         fmt = lambda v: "absent" if v is None else f"{v:.2f} dB"  # noqa: E731
         print(f"argp-ns prune ({self.method}): {n_before:,} -> {model.num_points:,} Gaussians "
               f"({100.0 * model.num_points / n_before:.1f}%); eval PSNR {fmt(psnr_before)} -> {fmt(psnr_after)}")
+        if self.finetune_steps:
+            tuned = self._finetune(out, step)
+            print(f"argp-ns prune: fine-tuned {self.finetune_steps} steps: {tuned.num_points:,} Gaussians; "
+                  f"eval PSNR {fmt(psnr_after)} -> {fmt(tuned.eval_psnr())}")
         print(f"  new run: {run_dir / 'config.yml'}")
         return run_dir
+
+    @staticmethod
+    def _saved_optimizers(model, saved) -> dict:
+        """One Adam per Gaussian parameter, holding the run's saved state (moments, learning rate) where present."""
+        optimizers = {}
+        for name, param in model.gauss_params.items():
+            optimizers[name] = torch.optim.Adam([param], lr=0.0)
+            if name in saved:
+                optimizers[name].load_state_dict(saved[name])
+        return optimizers
+
+    def _finetune(self, out: TrainerConfig, step: int):
+        """Resume the written run with nerfstudio's Trainer for ``finetune_steps`` steps: densification and the
+        prune step set at the loaded step (both over), checkpoints into the same run."""
+        ft = copy.deepcopy(out)
+        ft.load_dir = out.get_checkpoint_dir()
+        ft.max_num_iterations = self.finetune_steps
+        ft.vis = "tensorboard"
+        ft.pipeline.model.stop_split_at = step
+        ft.pipeline.model.prune_step = step
+        trainer = ft.setup(local_rank=0, world_size=1)
+        trainer.setup()
+        trainer.train()
+        return trainer.pipeline.model
 
     def _scores(self, model):
         return model.score_training_views(recovery=self.method == "argp")
@@ -119,12 +156,14 @@ class Prune:
             return mask
         return model.strategy.prune_mask(model.gauss_params, scores)
 
-    def _write(self, config: TrainerConfig, pipeline, step: int, ckpt: Path) -> Path:
+    def _write(self, config: TrainerConfig, pipeline, step: int, ckpt: Path, saved: dict):
         out = copy.deepcopy(config)
         out.method_name = "splatfacto-safeguard"
         out.output_dir = self.output_dir
         out.timestamp = "pruned"
         out.load_dir = None
+        out.pipeline.model.stop_split_at = min(out.pipeline.model.stop_split_at, step)
+        out.pipeline.model.prune_step = step
         run_dir = out.get_base_dir()
         ckpt_dir = out.get_checkpoint_dir()
         ckpt_dir.mkdir(parents=True)
@@ -132,6 +171,6 @@ class Prune:
         transforms = self.load_config.parent / "dataparser_transforms.json"
         if transforms.exists():
             shutil.copy(transforms, run_dir / transforms.name)
-        torch.save({"step": step, "pipeline": pipeline.state_dict(), "optimizers": {}, "schedulers": {}, "scalers": {}},
-                   ckpt_dir / ckpt.name)
-        return run_dir
+        torch.save({"step": step, "pipeline": pipeline.state_dict(), "optimizers": saved["optimizers"],
+                    "schedulers": saved.get("schedulers", {}), "scalers": saved.get("scalers", {})}, ckpt_dir / ckpt.name)
+        return out, run_dir

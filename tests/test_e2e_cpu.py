@@ -86,6 +86,14 @@ def test_posthoc_prune_writes_a_loadable_run(argp_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Gaussians" in proc.stdout and "eval PSNR" in proc.stdout
     new_config = next(out.glob("*/splatfacto-safeguard/pruned/config.yml"))
+    # the pruned checkpoint keeps the run's Adam moments, sliced to the kept Gaussians, and its schedulers
+    (ckpt,) = new_config.parent.glob("nerfstudio_models/*.ckpt")
+    state = torch.load(ckpt, map_location="cpu")
+    n = state["pipeline"]["_model.gauss_params.means"].shape[0]
+    for name in ("means", "opacities", "features_dc"):
+        moments = state["optimizers"][name]["state"][0]
+        assert moments["exp_avg"].shape[0] == moments["exp_avg_sq"].shape[0] == n
+    assert state["schedulers"]
     subprocess.run(["ns-eval", "--load-config", str(new_config), "--output-path", str(tmp_path / "m.json")], env=ENV, check=True)
     again = subprocess.run(["argp-ns", "prune", "--load-config", str(config), "--output-dir", str(out)], env=ENV, capture_output=True, text=True)
     assert again.returncode != 0 and "exists" in again.stderr.strip().splitlines()[-1]
@@ -120,3 +128,21 @@ def test_score_pass_benchmark_on_a_trained_run(argp_run, tmp_path):
     result = score_pass.main(["--load-config", str(config), "--out", str(tmp_path / "sp.json")])
     assert result["gpu"] == "cpu" and result["kernel_ms"] is None and result["torch_ms"] > 0 and result["render_ms"] > 0
     assert 0 < result["kept"] <= result["gaussians"] and json.loads((tmp_path / "sp.json").read_text()) == result
+
+
+def test_posthoc_finetune_resumes_the_pruned_run(argp_run, tmp_path):
+    _, config, _ = argp_run
+    out = tmp_path / "tuned"
+    proc = subprocess.run(["argp-ns", "prune", "--load-config", str(config), "--output-dir", str(out), "--method", "radsplat",
+                           "--radsplat-threshold", "0.05", "--finetune-steps", "4"], env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pruned = int(proc.stdout.split(" -> ")[1].split(" Gaussians")[0].replace(",", ""))
+    tuned = int(proc.stdout.split("fine-tuned 4 steps: ")[1].split(" Gaussians")[0].replace(",", ""))
+    assert tuned == pruned  # no densification, no second prune
+    new_config = next(out.glob("*/splatfacto-safeguard/pruned/config.yml"))
+    steps = sorted(int(p.stem.split("-")[1]) for p in new_config.parent.glob("nerfstudio_models/*.ckpt"))
+    assert steps[-1] == 299 + 4, steps  # the demo run ends at step 299; four more steps
+    subprocess.run(["ns-eval", "--load-config", str(new_config), "--output-path", str(tmp_path / "m.json")], env=ENV, check=True)
+    bad = subprocess.run(["argp-ns", "prune", "--load-config", str(config), "--output-dir", str(tmp_path / "x"), "--finetune-steps", "-1"],
+                         env=ENV, capture_output=True, text=True)
+    assert bad.returncode != 0 and "finetune-steps" in bad.stderr.strip().splitlines()[-1] and not (tmp_path / "x").exists()
