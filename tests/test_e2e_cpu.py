@@ -30,7 +30,7 @@ def train(method: str, scene: Path, out: Path, extra=(), steps: int = 300, times
 @pytest.fixture(scope="module")
 def argp_run(demo_scene, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    config, log = train("splatfacto-argp", demo_scene, out)
+    config, log = train("splatfacto-argp", demo_scene, out, extra=["--save-only-latest-checkpoint=False"])
     return out, config, log
 
 
@@ -59,6 +59,26 @@ def test_resume_continues_with_live_optimizers(argp_run, demo_scene):
     _, log = train("splatfacto-argp", demo_scene, out, extra=["--load-dir", str(config.parent / "nerfstudio_models")],
                    steps=330, timestamp="resumed")
     assert "irp removed" not in log  # every round happened before the checkpoint at step 299
+
+
+def test_resume_mid_schedule_matches_the_uninterrupted_run(argp_run, demo_scene):
+    """Resume from the checkpoint at step 200 (after the IRP round at 200, before the one at 250): the events so far
+    come back from the checkpoint, the next round lands at the same step on the same population, and the count
+    arithmetic after it is that of the uninterrupted run."""
+    out, config, _ = argp_run
+    ckpts = config.parent / "nerfstudio_models"
+    assert (ckpts / "step-000000200.ckpt").is_file()
+    resumed, log = train("splatfacto-argp", demo_scene, out, extra=["--load-dir", str(ckpts), "--load-step", "200"],
+                         steps=99, timestamp="mid")
+    full = json.loads((config.parent / "pruning_report.json").read_text())["events"]
+    again = json.loads((resumed.parent / "pruning_report.json").read_text())["events"]
+    key = lambda e: (e["step"], e["rule"], e["removed"], e["kept"])  # noqa: E731
+    assert [key(e) for e in again if e["step"] <= 200] == [key(e) for e in full if e["step"] <= 200]
+    (a,) = [e for e in full if e["step"] > 200]
+    (b,) = [e for e in again if e["step"] > 200]
+    assert (b["step"], b["rule"], b["removed"] + b["kept"]) == (a["step"], a["rule"], a["removed"] + a["kept"]) == (250, "irp", a["removed"] + a["kept"])
+    assert abs(b["kept"] - a["kept"]) <= max(2, a["kept"] // 20)  # same candidates; only the scores' training views order differs
+    assert log.count("irp removed") == 1
 
 
 def test_safeguard_prunes_inside_the_run(demo_scene, tmp_path):
