@@ -166,3 +166,28 @@ def test_posthoc_finetune_resumes_the_pruned_run(argp_run, tmp_path):
     bad = subprocess.run(["argp-ns", "prune", "--load-config", str(config), "--output-dir", str(tmp_path / "x"), "--finetune-steps", "-1"],
                          env=ENV, capture_output=True, text=True)
     assert bad.returncode != 0 and "finetune-steps" in bad.stderr.strip().splitlines()[-1] and not (tmp_path / "x").exists()
+
+
+def test_resume_binds_the_checkpoint_state_to_the_live_parameters(argp_run, tmp_path):
+    """nerfstudio's Trainer resuming from step 200: every Gaussian parameter, every Adam moment and the IRP candidates
+    are the checkpoint's, each optimizer holds the live Parameter, and the next prune is the round at 250."""
+    import yaml
+
+    _, config, _ = argp_run
+    cfg = yaml.load(config.read_text(), Loader=yaml.Loader)
+    cfg.load_dir, cfg.load_step = config.parent / "nerfstudio_models", 200
+    cfg.output_dir, cfg.timestamp, cfg.vis = tmp_path, "resume", "tensorboard"
+    trainer = cfg.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    saved = torch.load(cfg.load_dir / "step-000000200.ckpt", map_location="cpu")
+    model = trainer.pipeline.model
+    assert trainer._start_step == 201
+    for name, param in model.gauss_params.items():
+        assert torch.equal(param.detach(), saved["pipeline"][f"_model.gauss_params.{name}"]), name
+        opt = trainer.optimizers.optimizers[name]
+        assert opt.param_groups[0]["params"][0] is param
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt.state[param][key], saved["optimizers"][name]["state"][0][key]), (name, key)
+    cand = model.strategy_state["irp_candidates"]
+    assert cand.shape[0] == model.num_points and cand.any()
+    assert model.strategy.next_prune(201) == (250, "irp")
