@@ -24,7 +24,7 @@ from argp_ns.panel import LivePanel, panel_text
 from argp_ns.report import PruningReport
 from argp_ns.scores import ScoreSpec
 from argp_ns.scoring import View, score_views
-from argp_ns.strategy import ArgpStrategy, IrpMode, PruneMethod, SafeguardStrategy
+from argp_ns.strategy import ArgpStrategy, IrpMode, PruneMethod, SafeguardStrategy, is_refine_step
 
 
 def viewmat_from_c2w(c2w: Tensor) -> Tensor:
@@ -215,7 +215,7 @@ class PruningModel(SplatfactoModel):
 
     def step_post_backward(self, step: int) -> None:
         """gsplat's refine step (with the strategy's own prune rule), then a scored round when due."""
-        refine = self._is_refine_step(step)
+        refine = is_refine_step(self.strategy, step)
         round_due = self.strategy.round_due(step)
         measure = round_due or (refine and self.config.report_psnr == "all")
         before = self.eval_psnr() if measure and self.config.report_psnr != "off" else None
@@ -232,12 +232,6 @@ class PruningModel(SplatfactoModel):
             self.report.add_count(step, self.num_points)
         self.panel.update(panel_text(self.num_points, self.prune_events[-1] if self.prune_events else None,
                                      *self.strategy.next_prune(step)), force=bool(events))
-
-    def _is_refine_step(self, step: int) -> bool:
-        """gsplat DefaultStrategy's refine condition (grow + prune)."""
-        st = self.strategy
-        return (st.refine_start_iter < step < st.refine_stop_iter and step % st.refine_every == 0
-                and step % st.reset_every >= st.pause_refine_after_reset)
 
     def _log_event(self, event: Dict[str, Any]) -> None:
         """One prune event to the console, the metrics writer and the report (written at once)."""

@@ -50,6 +50,13 @@ def prune(params, optimizers, state: Dict[str, Any], mask: Tensor, step: int, ru
     return event
 
 
+def is_refine_step(strategy: DefaultStrategy, step: int) -> bool:
+    """gsplat DefaultStrategy's refine condition (grow + prune): refine_start < step < refine_stop, on the
+    refine_every cadence, and not in the pause after an opacity reset (step % reset_every >= pause)."""
+    return (strategy.refine_start_iter < step < strategy.refine_stop_iter and step % strategy.refine_every == 0
+            and step % strategy.reset_every >= strategy.pause_refine_after_reset)
+
+
 def zero_moments(optimizers: Dict[str, torch.optim.Optimizer], names, rows: Tensor) -> None:
     """Zero the Adam moments (exp_avg, exp_avg_sq) of the given rows in each named optimizer."""
     for name in names:
@@ -114,10 +121,10 @@ class ArgpStrategy(DefaultStrategy):
         return step in self.irp_rounds()
 
     def next_prune(self, step: int) -> Tuple[Optional[int], str]:
-        """The next step at which a rule may prune, and the rule."""
-        nxt = (step // self.refine_every + 1) * self.refine_every
-        if nxt < self.refine_stop_iter:
-            return nxt, "aop"
+        """The next step at which a rule may prune (refine steps paused after an opacity reset skipped), and the rule."""
+        for nxt in range((step // self.refine_every + 1) * self.refine_every, self.refine_stop_iter, self.refine_every):
+            if is_refine_step(self, nxt):
+                return nxt, "aop"
         later = [r for r in self.irp_rounds() if r > step]
         return (later[0], "irp") if later else (None, "")
 

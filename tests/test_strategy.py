@@ -110,3 +110,12 @@ def test_prune_refuses_to_empty_the_scene():
     with pytest.raises(PruneError, match="all 10"):
         prune(params, optimizers, state, torch.ones(10, dtype=torch.bool), 5, "test")
     assert params["means"].shape[0] == 10 and "events" not in state
+
+
+def test_next_prune_skips_refine_steps_paused_after_an_opacity_reset():
+    # the CPU demo schedule: refine every 25 from 50, reset every 100, pause 41 steps after it, densify to 150
+    st = ArgpStrategy(refine_start_iter=50, refine_every=25, reset_every=100, pause_refine_after_reset=41,
+                      refine_stop_iter=150, irp_start=150, irp_every=50, irp_last=250)
+    assert st.next_prune(60) == (75, "aop")
+    assert st.next_prune(75) == (150, "irp")  # 100 and 125 fall in the pause after the reset at 100; 150 ends densification
+    assert st.next_prune(250) == (None, "")
