@@ -295,14 +295,18 @@ class PruningModel(SplatfactoModel):
         coeffs = torch.cat((self.features_dc[:, None, :], self.features_rest), dim=1)
         if sh is None:
             coeffs = torch.sigmoid(coeffs).squeeze(1)
+        opts = {**self.score_pass_options(), **options}
         result = score_views(
             self.means.detach(), self.quats.detach(), torch.exp(self.scales.detach()),
             torch.sigmoid(self.opacities.detach()).squeeze(-1), coeffs.detach(), sh, self.training_views(),
-            self.score_spec(), **{**self.score_pass_options(), **options}, backend=self.config.score_backend,
+            self.score_spec(), **opts, backend=self.config.score_backend,
         )
         cov = sum(result.coverage) / max(len(result.coverage), 1)
+        kept = "" if opts["recovery"] else f"; top-{opts['k']} keeps {int(result.totals['keep'].sum()):,} (pixel scope)"
+        if opts["tile_scope"]:
+            kept += f", {int(result.totals['keep_tile'].sum()):,} (tile scope)"
         CONSOLE.print(f"argp_ns: score pass ({result.backend}): {len(result.coverage)} views, {result.seconds:.2f}s, "
-                      f"mean coverage {cov:.3f}", markup=False)
+                      f"mean coverage {cov:.3f}{kept} of {self.num_points:,}", markup=False)
         return result.totals
 
     def score_pass_options(self) -> Dict[str, Any]:

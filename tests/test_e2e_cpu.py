@@ -84,6 +84,17 @@ def test_resume_mid_schedule_matches_the_uninterrupted_run(argp_run, demo_scene)
 def test_safeguard_prunes_inside_the_run(demo_scene, tmp_path):
     _, log = train("splatfacto-safeguard", demo_scene, tmp_path, steps=220)
     assert "safeguard removed" in log
+    kept = int(log.split("top-1 keeps ")[1].split(" (pixel scope)")[0].replace(",", ""))
+    assert f"kept {kept:,}" in log  # the prune keeps exactly the pass's pixel-scope survivors
+
+
+
+def test_safeguard_tile_scope_reports_both_scopes(demo_scene, tmp_path):
+    _, log = train("splatfacto-safeguard", demo_scene, tmp_path, steps=220, extra=["--pipeline.model.topk-scope=tile"])
+    counts = log.split("top-1 keeps ")[1].split(" of ")[0]
+    pixel = int(counts.split(" (pixel scope)")[0].replace(",", ""))
+    tile = int(counts.split(", ")[1].split(" (tile scope)")[0].replace(",", ""))
+    assert f"kept {tile:,}" in log and tile != pixel
 
 
 def test_pruning_report_written(argp_run):
