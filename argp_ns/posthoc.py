@@ -114,7 +114,7 @@ class Prune:
         print(f"argp-ns prune ({self.method}): {n_before:,} -> {model.num_points:,} Gaussians "
               f"({100.0 * model.num_points / n_before:.1f}%); eval PSNR {fmt(psnr_before)} -> {fmt(psnr_after)}")
         if self.finetune_steps:
-            tuned = self._finetune(out, step)
+            tuned = self._finetune(out)
             print(f"argp-ns prune: fine-tuned {self.finetune_steps} steps: {tuned.num_points:,} Gaussians; "
                   f"eval PSNR {fmt(psnr_after)} -> {fmt(tuned.eval_psnr())}")
         print(f"  new run: {run_dir / 'config.yml'}")
@@ -130,15 +130,13 @@ class Prune:
                 optimizers[name].load_state_dict(saved[name])
         return optimizers
 
-    def _finetune(self, out: TrainerConfig, step: int):
-        """Resume the written run with nerfstudio's Trainer for ``finetune_steps`` steps: densification and the
-        prune step set at the loaded step (both over), checkpoints into the same run."""
+    def _finetune(self, out: TrainerConfig):
+        """Resume the written run (densification and the prune step already over: see :meth:`_write`) with
+        nerfstudio's Trainer for ``finetune_steps`` steps, checkpoints into the same run."""
         ft = copy.deepcopy(out)
         ft.load_dir = out.get_checkpoint_dir()
         ft.max_num_iterations = self.finetune_steps
         ft.vis = "tensorboard"
-        ft.pipeline.model.stop_split_at = step
-        ft.pipeline.model.prune_step = step
         trainer = ft.setup(local_rank=0, world_size=1)
         trainer.setup()
         trainer.train()
@@ -162,6 +160,7 @@ class Prune:
         out.output_dir = self.output_dir
         out.timestamp = "pruned"
         out.load_dir = None
+        # densification and the prune are over at the loaded step: a resume (--finetune-steps) neither grows nor prunes
         out.pipeline.model.stop_split_at = min(out.pipeline.model.stop_split_at, step)
         out.pipeline.model.prune_step = step
         run_dir = out.get_base_dir()

@@ -120,8 +120,9 @@ def tile_counts(lo_xy: Tensor, hi_xy: Tensor, tile_w: int, tile_h: int) -> Tenso
 def tile_chunks(lengths: Tensor, pixels: int) -> Iterator[Tensor]:
     """Tile indices in chunks of about ``_BLOCK_ELEMS`` list entries (chunk size x pixels x longest list),
     longest lists first, so that short lists are not padded to the camera's longest one."""
-    order = torch.argsort(lengths.cpu(), descending=True, stable=True)
-    sizes = lengths.cpu()[order].clamp(min=1).tolist()
+    host = lengths.cpu()
+    order = torch.argsort(host, descending=True, stable=True)
+    sizes = host[order].clamp(min=1).tolist()
     start = 0
     while start < len(sizes):
         n = max(1, _BLOCK_ELEMS // (pixels * sizes[start]))
