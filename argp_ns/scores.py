@@ -88,15 +88,17 @@ def sequential_transmittance(a: Tensor, stop_at: Optional[float] = None) -> Tupl
     """T_i = prod_{j<i}(1 - a_j) multiplied one by one in float32, as the kernels do, and T_final.
 
     With ``stop_at``, the walk ends once every row's transmittance is <= stop_at (checked every 32 entries);
-    the T_i left are 0 (every later T_i (1 - a_i) <= stop_at, so a cut-off test ``> stop_at`` is unchanged)."""
-    T = torch.zeros_like(a)
-    t = torch.ones_like(a[..., 0])
-    for i in range(a.shape[-1]):
+    the T_i left are 0 (every later T_i (1 - a_i) <= stop_at, so a cut-off test ``> stop_at`` is unchanged).
+    The walk runs over the list axis moved to the front (contiguous columns: two launches per entry)."""
+    keep = (1 - a).movedim(-1, 0).contiguous()
+    T = torch.zeros_like(keep)
+    t = torch.ones_like(keep[0])
+    for i in range(keep.shape[0]):
         if stop_at is not None and i % 32 == 0 and i and bool((t <= stop_at).all()):
             break
-        T[..., i] = t
-        t = t * (1 - a[..., i])
-    return T, t
+        T[i] = t
+        t = t * keep[i]
+    return T.movedim(0, -1), t
 
 
 def family_score(spec: ScoreSpec, opac: Tensor, alpha: Tensor, T: Tensor, dist: Tensor, col: Tensor, gt: Tensor) -> Tensor:

@@ -28,8 +28,10 @@ from torch import Tensor
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
-# elements of one [tiles, pixels, list] block; bounds the twin's memory per chunk
-_BLOCK_ELEMS = 1 << 22
+# elements of one [tiles, pixels, list] block; bounds the twin's memory per chunk (about 40 float32
+# temporaries of this size live at once: ~0.7 GB on the CPU, ~5 GB on a GPU, where fewer, larger chunks
+# mean fewer launches of the per-entry transmittance walk)
+_BLOCK_ELEMS = {"cpu": 1 << 22, "cuda": 1 << 25}
 
 
 def project(
@@ -118,14 +120,15 @@ def tile_counts(lo_xy: Tensor, hi_xy: Tensor, tile_w: int, tile_h: int) -> Tenso
 
 
 def tile_chunks(lengths: Tensor, pixels: int) -> Iterator[Tensor]:
-    """Tile indices in chunks of about ``_BLOCK_ELEMS`` list entries (chunk size x pixels x longest list),
-    longest lists first, so that short lists are not padded to the camera's longest one."""
+    """Tile indices in chunks of about ``_BLOCK_ELEMS[device]`` list entries (chunk size x pixels x longest
+    list), longest lists first, so that short lists are not padded to the camera's longest one."""
+    budget = _BLOCK_ELEMS.get(lengths.device.type, _BLOCK_ELEMS["cpu"])
     host = lengths.cpu()
     order = torch.argsort(host, descending=True, stable=True)
     sizes = host[order].clamp(min=1).tolist()
     start = 0
     while start < len(sizes):
-        n = max(1, _BLOCK_ELEMS // (pixels * sizes[start]))
+        n = max(1, budget // (pixels * sizes[start]))
         yield order[start : start + n].to(lengths.device)
         start += n
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 SCHEMA = json.loads((Path(__file__).parent / "schema.json").read_text())
 
@@ -50,11 +50,22 @@ def validate(results: Dict[str, Any]) -> None:
     jsonschema.validate(results, SCHEMA)
 
 
+def thirds(run: Dict[str, Any]) -> Optional[str]:
+    """Steps per second in each third of training (from the run's ``step_marks``), e.g. "71 / 80 / 95"."""
+    marks = {int(k): v[0] for k, v in run.get("step_marks", {}).items()}
+    n = run["config"].get("max_num_iterations")
+    if not marks or not n:
+        return None
+    cuts = [0] + [min(marks, key=lambda s: abs(s - n * i / 3)) for i in (1, 2, 3)]
+    at = lambda s: 0.0 if s == 0 else marks[s]  # noqa: E731
+    return " / ".join(f"{(b - a) / max(at(b) - at(a), 1e-9):.0f}" for a, b in zip(cuts, cuts[1:]))
+
+
 def table(results: Dict[str, Any]) -> str:
     """Markdown table, ratios against splatfacto when it is present."""
     base = next((r for r in results["runs"] if r["method"] == "splatfacto" and not r.get("variant")), None)
-    head = ("| method | PSNR | SSIM | LPIPS | Gaussians | peak | % of splatfacto | train s | speed-up | it/s | FPS | peak MB | PLY MB |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| method | PSNR | SSIM | LPIPS | Gaussians | peak | % of splatfacto | train s | speed-up | it/s | it/s by third | FPS | peak MB | PLY MB |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
     rows = []
     for r in results["runs"]:
@@ -64,7 +75,7 @@ def table(results: Dict[str, Any]) -> str:
         ply = None if r["ply_bytes"] is None else r["ply_bytes"] / 2**20
         rows.append(f"| {name} | {r['psnr']:.2f} | {r['ssim']:.3f} | {f(r['lpips'], '.3f')} | {r['gaussians_final']:,} | "
                     f"{r['gaussians_peak']:,} | {share} | {r['train_seconds']:.0f} | {speed} | {r['steps_per_second']:.1f} | "
-                    f"{f(r['fps'], '.0f')} | {f(r['peak_gpu_mem_mb'], '.0f')} | {f(ply, '.1f')} |")
+                    f"{thirds(r) or '–'} | {f(r['fps'], '.0f')} | {f(r['peak_gpu_mem_mb'], '.0f')} | {f(ply, '.1f')} |")
     title = f"{results['scene']}, {results['protocol']} protocol (scale {results['scale']}), {results['gpu']}, {results['date']}"
     return "\n".join([f"### {title}", "", head, *rows, "", f"Command: `{results['command']}`"])
 

@@ -37,6 +37,8 @@ from benchmarks.report import load_results, merge_run, write_outputs
 SCALED = ("max_num_iterations", "warmup_length", "stop_split_at", "stop_screen_size_at", "resolution_schedule",
           "sh_degree_interval", "reset_alpha_every", "irp_start", "irp_every", "irp_last", "prune_step")
 NEVER = 10**9
+# every MARK_EVERY steps a run records [seconds since the first step, Gaussians] (its "step_marks")
+MARK_EVERY = 500
 # mesh libraries nerfstudio's exporter script imports at its top; ExportGaussianSplat never calls them
 EXPORTER_OPTIONAL = ("open3d", "pymeshlab", "xatlas", "mediapy")
 
@@ -108,7 +110,7 @@ def train(cfg) -> Dict[str, Any]:
     trainer = cfg.setup(local_rank=0, world_size=1)
     trainer.setup()
     model = trainer.pipeline.model
-    track: Dict[str, Any] = {"first": None, "last": None, "peak": model.num_points}
+    track: Dict[str, Any] = {"first": None, "last": None, "peak": model.num_points, "marks": {}}
 
     def before(step: int) -> None:
         if track["first"] is None:
@@ -118,16 +120,20 @@ def train(cfg) -> Dict[str, Any]:
 
     def after(step: int) -> None:
         track["peak"] = max(track["peak"], model.num_points)
-        if step == cfg.max_num_iterations - 1:
+        done = step + 1
+        if done % MARK_EVERY == 0 or step == cfg.max_num_iterations - 1:
             if cuda:
                 torch.cuda.synchronize()
-            track["last"] = time.perf_counter()
+            now = time.perf_counter()
+            track["marks"][str(done)] = [round(now - track["first"], 3), model.num_points]
+            if step == cfg.max_num_iterations - 1:
+                track["last"] = now
 
     trainer.callbacks += [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], before),
                           TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], after)]
     trainer.train()
     seconds = (track["last"] or time.perf_counter()) - track["first"]
-    return {"trainer": trainer, "seconds": seconds, "peak": track["peak"],
+    return {"trainer": trainer, "seconds": seconds, "peak": track["peak"], "marks": track["marks"],
             "mem": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
 
 
@@ -219,6 +225,7 @@ def run_one(method: str, variant: Optional[str], flags: List[str], args) -> Dict
         "peak_gpu_mem_mb": None if res["mem"] is None else round(res["mem"], 1),
         "render_ms": None if ms is None else round(ms, 3), "fps": None if not ms else round(1000.0 / ms, 1),
         "ply_bytes": n_bytes, "psnr_per_million": round(psnr / max(final, 1) * 1e6, 3),
+        "step_marks": res["marks"],
         "prune_events": [{k: e[k] for k in ("step", "rule", "removed", "kept")} for e in getattr(model, "prune_events", [])],
     }
     if variant:

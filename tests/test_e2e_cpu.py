@@ -156,9 +156,15 @@ def test_score_pass_benchmark_on_a_trained_run(argp_run, tmp_path):
     from benchmarks import score_pass
 
     _, config, _ = argp_run
-    result = score_pass.main(["--load-config", str(config), "--out", str(tmp_path / "sp.json")])
+    result = score_pass.main(["--load-config", str(config), "--out", str(tmp_path / "sp.json"), "--case", "1:safeguard",
+                              "--case", "4:57", "--recovery", "--check-views", "2"])
     assert result["gpu"] == "cpu" and result["kernel_ms"] is None and result["torch_ms"] > 0 and result["render_ms"] > 0
     assert 0 < result["kept"] <= result["gaussians"] and json.loads((tmp_path / "sp.json").read_text()) == result
+    first, k4, rec = result["cases"]
+    assert (first["top_k"], first["views"], first["kept"]) == (1, result["views"], result["kept"])
+    assert (k4["top_k"], k4["code"], k4["views"]) == (4, 57, 2) and rec["recovery"] and rec["views"] == 2
+    with pytest.raises(SystemExit):
+        score_pass.main(["--load-config", str(config), "--case", "0:safeguard"])
 
 
 def test_posthoc_finetune_resumes_the_pruned_run(argp_run, tmp_path):
