@@ -123,20 +123,21 @@ def score_views(
     totals = empty_totals(means.shape[0], means.device)
     result = ScorePassResult(totals=totals, backend=used)
     t0 = time.perf_counter()
+    covered: List[Tuple[Tensor, int]] = []  # per view (pixels with a contributor, on the device; pixels)
     with torch.no_grad():
         for view in views:
             proj = _project(means, quats, scales, opacities, coeffs, sh_degree, view)
             gt = view.image[..., :3].float().contiguous()
             bg = view.background.float().contiguous()
             if used == "cuda":
-                covered = kernel.score_camera(
+                cov = kernel.score_camera(
                     totals, proj["means2d"], proj["conics"], proj["opacities"], proj["colors"], gt, bg,
                     proj["isect_offsets"], proj["flatten_ids"], 0, view.width, view.height, TILE,
                     spec.code, spec.k_p, spec.k_c, k, tile_scope, recovery,
                 )
-                n_cov = int(covered.sum().item())
+                n_cov = cov.sum()
             else:
-                n_cov = 0
+                n_cov = torch.zeros((), dtype=torch.long, device=means.device)
                 if means.is_cuda:
                     chunks = gsplat_tile_chunks(proj["isect_offsets"], proj["flatten_ids"], view.width, view.height)
                 else:
@@ -147,9 +148,10 @@ def score_views(
                     px = gt[xy[..., 1].clamp(max=view.height - 1), xy[..., 0].clamp(max=view.width - 1)]
                     cov = accumulate_tiles(totals, lists, xy, inside, px, bg, proj["means2d"], proj["conics"],
                                            proj["opacities"], proj["colors"], spec, k, tile_scope, recovery)
-                    n_cov += int(cov.sum().item())
-            result.coverage.append(n_cov / float(view.width * view.height))
-    if means.is_cuda:
-        torch.cuda.synchronize()
+                    n_cov += cov.sum()
+            covered.append((n_cov, view.width * view.height))
+    # one device-to-host copy at the end: no sync between views
+    counts = torch.stack([c for c, _ in covered]).tolist() if covered else []
+    result.coverage = [c / float(n) for c, (_, n) in zip(counts, covered)]
     result.seconds = time.perf_counter() - t0
     return result

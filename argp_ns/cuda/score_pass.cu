@@ -8,7 +8,9 @@
 //   stop before the first Gaussian with T (1 - alpha) <= 1e-4;  T <- T (1 - alpha) after each contributor
 //   w     = alpha T;  score = base * distance * colour  (ScoreSpec; code = 16 colour + 5 distance + base)
 //
-// Contributors add w, max w, 1 and their opacity to the per-Gaussian totals; each pixel marks its top-k
+// Contributors add w, max w, 1 and their opacity to the per-Gaussian totals (summed over the warp's lanes
+// by shuffles first, one atomic per warp and Gaussian: a tile's pixels mostly share their Gaussians, and
+// per-pixel atomics on one address serialise); each pixel marks its top-k
 // scores (ties to the front-most) in keep; with tile scope each pixel writes, per 256-long batch of the
 // list, the batch's last contributor as a record (slot rec_start[tile] + 256 batch + pixel-in-tile), which
 // the Python side ranks per tile; with recovery a back-to-front walk adds the ARGP score
@@ -155,12 +157,31 @@ __device__ __forceinline__ void topk_insert(float* scores, int* ids, int& n, int
   ids[i] = id;
 }
 
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// Sum and max over the 32 lanes of a warp (every lane gets the result).
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
+__device__ __forceinline__ int warp_max_int(int v) {
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
 __global__ void __launch_bounds__(kBlock) score_pass_kernel(const ScoreParams p) {
   __shared__ Splat batch[kBlock];
   __shared__ int block_last;
 
   const int tile = blockIdx.y * p.tile_w + blockIdx.x;
   const int tid = threadIdx.y * kTile + threadIdx.x;  // pixel index in the tile, (y % 16) * 16 + x % 16
+  const int lane = tid & 31;
   const int x = blockIdx.x * kTile + threadIdx.x;
   const int y = blockIdx.y * kTile + threadIdx.y;
   const bool inside = x < p.width && y < p.height;
@@ -195,29 +216,42 @@ __global__ void __launch_bounds__(kBlock) score_pass_kernel(const ScoreParams p)
     int rec_id = -1;
     float rec_score = 0.0f;
     const int n_here = min(kBlock, len - b * kBlock);
-    for (int j = 0; !done && j < n_here; ++j) {
+    // the lanes of a warp step through the batch together (the loop ends when all of them are done), so
+    // that each Gaussian's per-warp contributions are summed by shuffles and added with one atomic each
+    for (int j = 0; j < n_here && !__all_sync(kFullMask, done); ++j) {
       const Splat& s = batch[j];
+      float w = 0.0f;
+      bool hit = false;
       float dx, dy, vis, alpha;
-      if (!splat_alpha(s, px, py, dx, dy, vis, alpha)) continue;
-      const float next_T = __fmul_rn(T, __fsub_rn(1.0f, alpha));
-      if (next_T <= kTMin) {
-        done = true;
-        break;
+      if (!done && splat_alpha(s, px, py, dx, dy, vis, alpha)) {
+        const float next_T = __fmul_rn(T, __fsub_rn(1.0f, alpha));
+        if (next_T <= kTMin) {
+          done = true;
+        } else {
+          hit = true;
+          w = __fmul_rn(alpha, T);
+          const float score = family_score(p, s, alpha, T, dx, dy, gr, gg, gb);
+          topk_insert(top_score, top_id, n_top, p.k, score, s.id);
+          rec_id = s.id;
+          rec_score = score;
+          cr = __fadd_rn(cr, __fmul_rn(w, s.r));
+          cg = __fadd_rn(cg, __fmul_rn(w, s.g));
+          cb = __fadd_rn(cb, __fmul_rn(w, s.b));
+          last = b * kBlock + j;
+          T = next_T;
+        }
       }
-      const float w = __fmul_rn(alpha, T);
-      atomicAdd(p.sum_w + s.id, w);
-      atomicMax(reinterpret_cast<int*>(p.max_w + s.id), __float_as_int(w));  // w >= 0: int order = float order
-      atomicAdd(reinterpret_cast<unsigned long long*>(p.hits + s.id), 1ull);
-      atomicAdd(p.sum_opacity + s.id, s.opacity);
-      const float score = family_score(p, s, alpha, T, dx, dy, gr, gg, gb);
-      topk_insert(top_score, top_id, n_top, p.k, score, s.id);
-      rec_id = s.id;
-      rec_score = score;
-      cr = __fadd_rn(cr, __fmul_rn(w, s.r));
-      cg = __fadd_rn(cg, __fmul_rn(w, s.g));
-      cb = __fadd_rn(cb, __fmul_rn(w, s.b));
-      last = b * kBlock + j;
-      T = next_T;
+      const unsigned hits = __ballot_sync(kFullMask, hit);
+      if (hits == 0u) continue;  // uniform over the warp
+      const float w_sum = warp_sum(w);
+      const float w_max = warp_max(w);
+      if (lane == __ffs(hits) - 1) {
+        const int n_hits = __popc(hits);
+        atomicAdd(p.sum_w + s.id, w_sum);
+        atomicMax(reinterpret_cast<int*>(p.max_w + s.id), __float_as_int(w_max));  // w >= 0: int order = float order
+        atomicAdd(reinterpret_cast<unsigned long long*>(p.hits + s.id), static_cast<unsigned long long>(n_hits));
+        atomicAdd(p.sum_opacity + s.id, __fmul_rn(static_cast<float>(n_hits), s.opacity));
+      }
     }
     if (p.rec_start != nullptr && rec_id >= 0) {
       const int64_t slot = p.rec_start[tile] + static_cast<int64_t>(b) * kBlock + tid;
@@ -244,6 +278,7 @@ __global__ void __launch_bounds__(kBlock) score_pass_kernel(const ScoreParams p)
   __syncthreads();
   if (last >= 0) atomicMax(&block_last, last);
   __syncthreads();
+  const int warp_last = warp_max_int(last);
   float T_behind = T_final;                // transmittance after the current Gaussian
   float sr = 0.0f, sg = 0.0f, sb = 0.0f;  // sum of w c behind the current Gaussian
   for (int b = block_last / kBlock; b >= 0; --b) {
@@ -251,22 +286,32 @@ __global__ void __launch_bounds__(kBlock) score_pass_kernel(const ScoreParams p)
     const int pos = b * kBlock + tid;
     if (pos < len) load_splat(p, start + pos, batch[tid]);
     __syncthreads();
-    for (int j = min(last - b * kBlock, kBlock - 1); j >= 0; --j) {
+    // the warp walks from its last contributor down; each lane from its own (every entry up to a
+    // lane's last contributor that passes the alpha test contributes)
+    for (int j = min(warp_last - b * kBlock, kBlock - 1); j >= 0; --j) {
       const Splat& s = batch[j];
+      float v = 0.0f;
+      bool hit = false;
       float dx, dy, vis, alpha;
-      if (!splat_alpha(s, px, py, dx, dy, vis, alpha)) continue;  // every other entry up to last contributes
-      const float one_minus = __fsub_rn(1.0f, alpha);
-      const float T_i = __fdiv_rn(T_behind, one_minus);
-      const float w = __fmul_rn(alpha, T_i);
-      const float dl_c = sum3(__fmul_rn(mr, __fsub_rn(__fmul_rn(T_i, s.r), __fdiv_rn(sr, one_minus))),
-                              __fmul_rn(mg, __fsub_rn(__fmul_rn(T_i, s.g), __fdiv_rn(sg, one_minus))),
-                              __fmul_rn(mb, __fsub_rn(__fmul_rn(T_i, s.b), __fdiv_rn(sb, one_minus))));
-      const float dl = __fsub_rn(dl_c, __fmul_rn(__fdiv_rn(T_final, one_minus), m_bg));
-      atomicAdd(p.recovery_score + s.id, __fmul_rn(__fmul_rn(vis, dl), dl));
-      sr = __fadd_rn(sr, __fmul_rn(w, s.r));
-      sg = __fadd_rn(sg, __fmul_rn(w, s.g));
-      sb = __fadd_rn(sb, __fmul_rn(w, s.b));
-      T_behind = T_i;
+      if (b * kBlock + j <= last && splat_alpha(s, px, py, dx, dy, vis, alpha)) {
+        const float one_minus = __fsub_rn(1.0f, alpha);
+        const float T_i = __fdiv_rn(T_behind, one_minus);
+        const float w = __fmul_rn(alpha, T_i);
+        const float dl_c = sum3(__fmul_rn(mr, __fsub_rn(__fmul_rn(T_i, s.r), __fdiv_rn(sr, one_minus))),
+                                __fmul_rn(mg, __fsub_rn(__fmul_rn(T_i, s.g), __fdiv_rn(sg, one_minus))),
+                                __fmul_rn(mb, __fsub_rn(__fmul_rn(T_i, s.b), __fdiv_rn(sb, one_minus))));
+        const float dl = __fsub_rn(dl_c, __fmul_rn(__fdiv_rn(T_final, one_minus), m_bg));
+        v = __fmul_rn(__fmul_rn(vis, dl), dl);
+        hit = true;
+        sr = __fadd_rn(sr, __fmul_rn(w, s.r));
+        sg = __fadd_rn(sg, __fmul_rn(w, s.g));
+        sb = __fadd_rn(sb, __fmul_rn(w, s.b));
+        T_behind = T_i;
+      }
+      const unsigned hits = __ballot_sync(kFullMask, hit);
+      if (hits == 0u) continue;  // uniform over the warp
+      const float v_sum = warp_sum(v);
+      if (lane == __ffs(hits) - 1) atomicAdd(p.recovery_score + s.id, v_sum);
     }
   }
 }
