@@ -116,10 +116,11 @@ def family_score(spec: ScoreSpec, opac: Tensor, alpha: Tensor, T: Tensor, dist: 
 
 
 def empty_totals(n: int, device: torch.device) -> Dict[str, Tensor]:
-    """Per-Gaussian accumulators of one pass."""
-    f = lambda: torch.zeros(n, device=device)  # noqa: E731
-    return {"keep": torch.zeros(n, dtype=torch.bool, device=device), "keep_tile": torch.zeros(n, dtype=torch.bool, device=device),
-            "sum_w": f(), "max_w": f(), "hits": torch.zeros(n, dtype=torch.long, device=device), "sum_opacity": f(), "recovery": f()}
+    """Per-Gaussian accumulators of one pass. The sums are float64: over a set of views a Gaussian gathers
+    up to millions of float32 terms, which a float32 sum would round away at the 1e-3 level."""
+    f = lambda dtype: torch.zeros(n, dtype=dtype, device=device)  # noqa: E731
+    return {"keep": f(torch.bool), "keep_tile": f(torch.bool), "sum_w": f(torch.float64), "max_w": f(torch.float32),
+            "hits": f(torch.long), "sum_opacity": f(torch.float64), "recovery": f(torch.float64)}
 
 
 @torch.no_grad()
@@ -147,10 +148,10 @@ def accumulate_tiles(
     T, T_final = sequential_transmittance(a)
     w = a * T
     gg = g.expand_as(contrib)[contrib]
-    totals["sum_w"].index_add_(0, gg, w[contrib])
+    totals["sum_w"].index_add_(0, gg, w[contrib].double())
     totals["max_w"].scatter_reduce_(0, gg, w[contrib], reduce="amax")
     totals["hits"].index_add_(0, gg, torch.ones_like(gg))
-    totals["sum_opacity"].index_add_(0, gg, opacities[gg])
+    totals["sum_opacity"].index_add_(0, gg, opacities[gg].double())
 
     col = colors[g].expand(*contrib.shape, 3)
     dist = (means2d[g] - (xy[..., None, :].to(means2d.dtype) + 0.5)).norm(dim=-1)
@@ -169,7 +170,7 @@ def accumulate_tiles(
         behind = (R - wc.cumsum(-2)) / (1 - a)[..., None]
         dl = (m * (T[..., None] * col - behind)).sum(-1) - (T_final[..., None] / (1 - a)) * (m * background).sum(-1)
         s = vis * dl * dl
-        totals["recovery"].index_add_(0, gg, s[contrib])
+        totals["recovery"].index_add_(0, gg, s[contrib].double())
     return contrib.any(-1)
 
 

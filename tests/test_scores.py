@@ -96,7 +96,7 @@ def test_safeguard_property_and_scene_sums(brute):
                 sum_w[i] += a * T; max_w[i] = max(max_w[i], a * T); hits[i] += 1; sum_o[i] += proj["opacities"][0, i]
     assert torch.equal(res.totals["hits"], hits)
     for key, ref in (("sum_w", sum_w), ("max_w", max_w), ("sum_opacity", sum_o)):
-        assert torch.allclose(res.totals[key], ref, rtol=1e-5, atol=1e-6), key
+        assert torch.allclose(res.totals[key].float(), ref, rtol=1e-5, atol=1e-6), key
     covered = [sum(1 for l in p.values() if l) / (v.width * v.height) for (p, _, _), v in zip(per_view, views)]
     assert res.coverage == pytest.approx(covered)
 

@@ -96,8 +96,8 @@ def score_camera(
     All tensors CUDA and contiguous: means2d [N,2], conics [N,3] (a, b, c), opacities [N], colors [N,3]
     float32; gt [H,W,3] and background [3] float32; this camera's gsplat ``isect_offsets`` [tile_h, tile_w]
     and ``flatten_ids`` [M] int32 (entries ``cam * N + gaussian``, ``cam_offset = cam * N``). ``totals`` as
-    :func:`argp_ns.scores.empty_totals` makes them (keep, keep_tile bool; sum_w, max_w, sum_opacity, recovery
-    float32; hits int64; length N), summed over cameras. ``code`` is a :class:`ScoreSpec` code; ``k`` the
+    :func:`argp_ns.scores.empty_totals` makes them (keep, keep_tile bool; sum_w, sum_opacity, recovery
+    float64; max_w float32; hits int64; length N), summed over cameras. ``code`` is a :class:`ScoreSpec` code; ``k`` the
     per-pixel (and per-tile) top-k, 1 <= k <= 32.
     """
     if not 1 <= k <= MAX_K:

@@ -34,11 +34,11 @@ at::Tensor score_pass(at::Tensor keep, at::Tensor sum_w, at::Tensor max_w, at::T
   check(tile_end, "tile_end", at::kInt, {n_tiles});
   check(flatten_ids, "flatten_ids", at::kInt, {flatten_ids.numel()});
   check(keep, "keep", at::kBool, {n});
-  check(sum_w, "sum_w", at::kFloat, {n});
+  check(sum_w, "sum_w", at::kDouble, {n});
   check(max_w, "max_w", at::kFloat, {n});
   check(hits, "hits", at::kLong, {n});
-  check(sum_opacity, "sum_opacity", at::kFloat, {n});
-  check(recovery_score, "recovery", at::kFloat, {n});
+  check(sum_opacity, "sum_opacity", at::kDouble, {n});
+  check(recovery_score, "recovery", at::kDouble, {n});
   if (rec_start.numel() > 0) {
     check(rec_start, "rec_start", at::kLong, {n_tiles});
     check(rec_score, "rec_score", at::kFloat, {rec_score.numel()});

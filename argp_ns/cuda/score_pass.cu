@@ -59,11 +59,11 @@ struct ScoreParams {
   int k;
   bool recovery;
   bool* keep;
-  float* sum_w;
+  double* sum_w;  // float64 sums: hundreds of thousands of float32 terms per Gaussian over a view set
   float* max_w;
   int64_t* hits;
-  float* sum_opacity;
-  float* recovery_score;
+  double* sum_opacity;
+  double* recovery_score;
   bool* covered;              // [H, W]
   const int64_t* rec_start;   // [tile_h * tile_w], null without tile scope
   float* rec_score;
@@ -247,10 +247,10 @@ __global__ void __launch_bounds__(kBlock) score_pass_kernel(const ScoreParams p)
       const float w_max = warp_max(w);
       if (lane == __ffs(hits) - 1) {
         const int n_hits = __popc(hits);
-        atomicAdd(p.sum_w + s.id, w_sum);
+        atomicAdd(p.sum_w + s.id, static_cast<double>(w_sum));
         atomicMax(reinterpret_cast<int*>(p.max_w + s.id), __float_as_int(w_max));  // w >= 0: int order = float order
         atomicAdd(reinterpret_cast<unsigned long long*>(p.hits + s.id), static_cast<unsigned long long>(n_hits));
-        atomicAdd(p.sum_opacity + s.id, __fmul_rn(static_cast<float>(n_hits), s.opacity));
+        atomicAdd(p.sum_opacity + s.id, static_cast<double>(n_hits) * static_cast<double>(s.opacity));
       }
     }
     if (p.rec_start != nullptr && rec_id >= 0) {
@@ -311,7 +311,7 @@ __global__ void __launch_bounds__(kBlock) score_pass_kernel(const ScoreParams p)
       const unsigned hits = __ballot_sync(kFullMask, hit);
       if (hits == 0u) continue;  // uniform over the warp
       const float v_sum = warp_sum(v);
-      if (lane == __ffs(hits) - 1) atomicAdd(p.recovery_score + s.id, v_sum);
+      if (lane == __ffs(hits) - 1) atomicAdd(p.recovery_score + s.id, static_cast<double>(v_sum));
     }
   }
 }
@@ -342,11 +342,11 @@ void launch_score_pass(const ScorePassArgs& a) {
   p.k = a.k;
   p.recovery = a.recovery;
   p.keep = a.keep.data_ptr<bool>();
-  p.sum_w = a.sum_w.data_ptr<float>();
+  p.sum_w = a.sum_w.data_ptr<double>();
   p.max_w = a.max_w.data_ptr<float>();
   p.hits = a.hits.data_ptr<int64_t>();
-  p.sum_opacity = a.sum_opacity.data_ptr<float>();
-  p.recovery_score = a.recovery_score.data_ptr<float>();
+  p.sum_opacity = a.sum_opacity.data_ptr<double>();
+  p.recovery_score = a.recovery_score.data_ptr<double>();
   p.covered = a.covered.data_ptr<bool>();
   const bool tile_scope = a.rec_start.defined() && a.rec_start.numel() > 0;
   p.rec_start = tile_scope ? a.rec_start.data_ptr<int64_t>() : nullptr;
