@@ -62,8 +62,10 @@ def thirds(run: Dict[str, Any]) -> Optional[str]:
 
 
 def table(results: Dict[str, Any]) -> str:
-    """Markdown table, ratios against splatfacto when it is present."""
-    base = next((r for r in results["runs"] if r["method"] == "splatfacto" and not r.get("variant")), None)
+    """Markdown table, ratios against stock splatfacto when it is present: the speed-up against a stock run
+    of the same host when there is one, else (marked *) against the fastest stock run, the most conservative."""
+    stock = [r for r in results["runs"] if r["method"] == "splatfacto"]
+    base = min(stock, key=lambda r: r["train_seconds"]) if stock else None
     head = ("| method | PSNR | SSIM | LPIPS | Gaussians | peak | % of splatfacto | train s | speed-up | it/s | it/s by third | FPS | peak MB | PLY MB |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
@@ -71,13 +73,21 @@ def table(results: Dict[str, Any]) -> str:
     for r in results["runs"]:
         name = r["method"] + (f" ({r['variant']})" if r.get("variant") else "")
         share = f(100.0 * r["gaussians_final"] / base["gaussians_final"], ".1f") if base else "–"
-        speed = f(base["train_seconds"] / r["train_seconds"], ".2f") + "x" if base else "–"
+        same_host = [b for b in stock if r.get("host") and b.get("host") == r["host"]]
+        ref = min(same_host, key=lambda b: b["train_seconds"]) if same_host else base
+        speed = f(ref["train_seconds"] / r["train_seconds"], ".2f") + ("x" if same_host else "x*") if base else "–"
         ply = None if r["ply_bytes"] is None else r["ply_bytes"] / 2**20
         rows.append(f"| {name} | {r['psnr']:.2f} | {r['ssim']:.3f} | {f(r['lpips'], '.3f')} | {r['gaussians_final']:,} | "
                     f"{r['gaussians_peak']:,} | {share} | {r['train_seconds']:.0f} | {speed} | {r['steps_per_second']:.1f} | "
                     f"{thirds(r) or '–'} | {f(r['fps'], '.0f')} | {f(r['peak_gpu_mem_mb'], '.0f')} | {f(ply, '.1f')} |")
     title = f"{results['scene']}, {results['protocol']} protocol (scale {results['scale']}), {results['gpu']}, {results['date']}"
-    return "\n".join([f"### {title}", "", head, *rows, "", f"Command: `{results['command']}`"])
+    notes = []
+    if len(stock) > 1:
+        secs, psnrs = [r["train_seconds"] for r in stock], [r["psnr"] for r in stock]
+        notes = ["", f"Stock splatfacto over {len(stock)} runs: {min(secs):.0f}-{max(secs):.0f} s, "
+                     f"{min(psnrs):.2f}-{max(psnrs):.2f} dB. Gaussian and PSNR ratios are against the fastest; "
+                     "speed-ups against a stock run of the same host, or (*) the fastest stock run."]
+    return "\n".join([f"### {title}", "", head, *rows, *notes, "", f"Command: `{results['command']}`"])
 
 
 def plot(results: Dict[str, Any], path: Path) -> None:

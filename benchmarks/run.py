@@ -19,7 +19,9 @@ import copy
 import datetime
 import multiprocessing
 import os
+import platform
 import shlex
+import socket
 import statistics
 import sys
 import tempfile
@@ -198,6 +200,17 @@ def ply_bytes(config_path: Path, out: Path) -> Optional[int]:
     return (out / "splat.ply").stat().st_size
 
 
+def host() -> str:
+    """This machine: hostname, CPU model and boot id (training at this scale is bound by the host's per-step
+    overhead, so times are compared between runs of one machine; the boot id tells lent machines apart)."""
+    def read(path: str) -> str:
+        return Path(path).read_text() if Path(path).exists() else ""
+
+    cpu = next((line.split(":", 1)[1].strip() for line in read("/proc/cpuinfo").splitlines() if line.startswith("model name")),
+               platform.processor())
+    return f"{socket.gethostname()} / {cpu} / boot {read('/proc/sys/kernel/random/boot_id').strip()[:8]}"
+
+
 def run_one(method: str, variant: Optional[str], flags: List[str], args) -> Dict[str, Any]:
     """Train, evaluate, time and export one run; the results entry of benchmark.md."""
     if args.keep_runs is not None:
@@ -225,7 +238,7 @@ def run_one(method: str, variant: Optional[str], flags: List[str], args) -> Dict
         "peak_gpu_mem_mb": None if res["mem"] is None else round(res["mem"], 1),
         "render_ms": None if ms is None else round(ms, 3), "fps": None if not ms else round(1000.0 / ms, 1),
         "ply_bytes": n_bytes, "psnr_per_million": round(psnr / max(final, 1) * 1e6, 3),
-        "step_marks": res["marks"],
+        "step_marks": res["marks"], "host": host(),
         "prune_events": [{k: e[k] for k in ("step", "rule", "removed", "kept")} for e in getattr(model, "prune_events", [])],
     }
     if variant:
