@@ -99,8 +99,7 @@ def gsplat_tile_chunks(isect_offsets: Tensor, flatten_ids: Tensor, width: int, h
     th, tw = isect_offsets.shape
     starts = isect_offsets.reshape(-1).long()
     ends = torch.cat([starts[1:], starts.new_tensor([flatten_ids.numel()])])
-    for tiles in twin.tile_chunks(ends - starts, TILE * TILE):
-        k = max(1, int((ends[tiles] - starts[tiles]).max().item()))
+    for tiles, k in twin.tile_chunks(ends - starts, TILE * TILE):
         pos = starts[tiles, None] + torch.arange(k, device=tiles.device)
         inside_list = pos < ends[tiles, None]
         lists = torch.where(inside_list, flatten_ids[pos.clamp(max=max(flatten_ids.numel() - 1, 0))].long(), -1) if flatten_ids.numel() else torch.full_like(pos, -1)

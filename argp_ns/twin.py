@@ -119,9 +119,10 @@ def tile_counts(lo_xy: Tensor, hi_xy: Tensor, tile_w: int, tile_h: int) -> Tenso
     return diff.cumsum(0).cumsum(1)[:tile_h, :tile_w].reshape(-1)
 
 
-def tile_chunks(lengths: Tensor, pixels: int) -> Iterator[Tensor]:
-    """Tile indices in chunks of about ``_BLOCK_ELEMS[device]`` list entries (chunk size x pixels x longest
-    list), longest lists first, so that short lists are not padded to the camera's longest one."""
+def tile_chunks(lengths: Tensor, pixels: int) -> Iterator[Tuple[Tensor, int]]:
+    """(tile indices, the chunk's longest list) in chunks of about ``_BLOCK_ELEMS[device]`` list entries (chunk
+    size x pixels x longest list), longest lists first, so that short lists are not padded to the camera's
+    longest one."""
     budget = _BLOCK_ELEMS.get(lengths.device.type, _BLOCK_ELEMS["cpu"])
     host = lengths.cpu()
     order = torch.argsort(host, descending=True, stable=True)
@@ -129,7 +130,7 @@ def tile_chunks(lengths: Tensor, pixels: int) -> Iterator[Tensor]:
     start = 0
     while start < len(sizes):
         n = max(1, budget // (pixels * sizes[start]))
-        yield order[start : start + n].to(lengths.device)
+        yield order[start : start + n].to(lengths.device), sizes[start]
         start += n
 
 
@@ -139,7 +140,7 @@ def iter_tile_chunks(
     """Walk one camera's tiles in chunks (see :func:`tile_chunks`): (tiles [T], lists [T,K], pixel xy [T,P,2],
     pixel in image [T,P])."""
     tile_w, tile_h = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    for tiles in tile_chunks(tile_counts(lo_xy, hi_xy, tile_w, tile_h), tile_size * tile_size):
+    for tiles, _ in tile_chunks(tile_counts(lo_xy, hi_xy, tile_w, tile_h), tile_size * tile_size):
         lists = tile_lists(lo_xy, hi_xy, depths, tiles, tile_w)
         xy, inside = tile_pixels(tiles, tile_size, tile_w, width, height)
         yield tiles, lists, xy, inside

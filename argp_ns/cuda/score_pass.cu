@@ -165,12 +165,8 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
-  return v;
-}
-
-__device__ __forceinline__ int warp_max_int(int v) {
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
   for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(kFullMask, v, o));
   return v;
 }
@@ -278,7 +274,7 @@ __global__ void __launch_bounds__(kBlock) score_pass_kernel(const ScoreParams p)
   __syncthreads();
   if (last >= 0) atomicMax(&block_last, last);
   __syncthreads();
-  const int warp_last = warp_max_int(last);
+  const int warp_last = warp_max(last);
   float T_behind = T_final;                // transmittance after the current Gaussian
   float sr = 0.0f, sg = 0.0f, sb = 0.0f;  // sum of w c behind the current Gaussian
   for (int b = block_last / kBlock; b >= 0; --b) {
