@@ -8,7 +8,7 @@ strategy, and logs each prune event. Everything else is nerfstudio's splatfacto.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Type, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type, Union
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -24,7 +24,7 @@ from argp_ns.panel import LivePanel, panel_text
 from argp_ns.report import PruningReport
 from argp_ns.scores import ScoreSpec
 from argp_ns.scoring import View, score_views
-from argp_ns.strategy import ArgpStrategy, IrpMode, PruneMethod, SafeguardStrategy, is_refine_step
+from argp_ns.strategy import IRP_PRESETS, ArgpStrategy, IrpMode, IrpPreset, PruneMethod, SafeguardStrategy, is_refine_step
 
 
 def viewmat_from_c2w(c2w: Tensor) -> Tensor:
@@ -179,7 +179,10 @@ class PruningModel(SplatfactoModel):
     # --- training callbacks ----------------------------------------------------------------------------
     def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> List[TrainingCallback]:
         # a resumed run (load_dir) trains max_num_iterations more steps after the loaded one
-        self.strategy.check_config(getattr(attrs.trainer, "_start_step", 0) + attrs.trainer.config.max_num_iterations)
+        try:
+            self.strategy.check_config(getattr(attrs.trainer, "_start_step", 0) + attrs.trainer.config.max_num_iterations)
+        except ValueError as err:  # a bad flag: one line, before any step or checkpoint
+            raise SystemExit(f"argp_ns: {err}") from None
         self._datamanager = attrs.pipeline.datamanager
         self._run_dir = attrs.trainer.base_dir
         self.report.method = attrs.trainer.config.method_name
@@ -332,12 +335,21 @@ class SplatfactoArgpModelConfig(PruningModelConfig):
     """Steps between IRP rounds."""
     irp_last: int = 27000
     """Last IRP round (score and delete, no new marking)."""
-    mark_ratio: float = 0.7
-    """Fraction of the unmarked Gaussians marked as candidates at each round (preset 0.5 in earlier code)."""
-    recover_ratio: float = 0.4
-    """Fraction of the previous candidates recovered (kept) by recovery score (preset 0.35 in earlier code)."""
+    irp_preset: IrpPreset = "released"
+    """(mark ratio, recover ratio) pair: released (0.7, 0.4; about 14.9 % of the count at the first round is left) or
+    earlier (0.5, 0.35, the official code before its last commit; about 20.4 %)."""
+    mark_ratio: Optional[float] = None
+    """Overrides the preset's mark ratio: fraction of the unmarked Gaussians marked as candidates at each round."""
+    recover_ratio: Optional[float] = None
+    """Overrides the preset's recover ratio: fraction of the previous candidates recovered (kept) by recovery score."""
     irp_mode: IrpMode = "moments"
     """Candidates between rounds: moments (zero Adam moments, as released), frozen (no updates), hidden (not rendered in training)."""
+
+    def irp_ratios(self) -> Tuple[float, float]:
+        """(mark_ratio, recover_ratio): the preset's pair, each replaced by its flag when given."""
+        mark, recover = IRP_PRESETS[self.irp_preset]
+        return (mark if self.mark_ratio is None else self.mark_ratio,
+                recover if self.recover_ratio is None else self.recover_ratio)
 
 
 class SplatfactoArgpModel(PruningModel):
@@ -346,8 +358,9 @@ class SplatfactoArgpModel(PruningModel):
     def make_strategy(self, base: Dict[str, Any]) -> ArgpStrategy:
         c = self.config
         base["prune_opa"] = c.reset_opacity_value / 2.0
+        mark_ratio, recover_ratio = c.irp_ratios()
         return ArgpStrategy(**base, prune_quantile=c.prune_quantile, opacity_floor=c.aop_opacity_floor, irp_start=c.irp_start, irp_every=c.irp_every,
-                            irp_last=c.irp_last, mark_ratio=c.mark_ratio, recover_ratio=c.recover_ratio, irp_mode=c.irp_mode)
+                            irp_last=c.irp_last, mark_ratio=mark_ratio, recover_ratio=recover_ratio, irp_mode=c.irp_mode)
 
     def score_pass_options(self) -> Dict[str, Any]:
         return {"k": 1, "tile_scope": False, "recovery": True}

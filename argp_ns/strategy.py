@@ -19,6 +19,10 @@ from torch import Tensor
 
 IrpMode = Literal["moments", "frozen", "hidden"]
 PruneMethod = Literal["safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat"]
+IrpPreset = Literal["released", "earlier"]
+IRP_PRESETS: Dict[str, Tuple[float, float]] = {"released": (0.7, 0.4), "earlier": (0.5, 0.35)}
+"""(mark_ratio, recover_ratio) of the official code's last commit (about 14.9 % of the count at the first round is
+left) and of its earlier commits (about 20.4 %)."""
 
 
 class PruneError(ValueError):

@@ -27,6 +27,16 @@ def train(method: str, scene: Path, out: Path, extra=(), steps: int = 300, times
     return next(out.glob(f"*/{method}/{timestamp}/config.yml")), proc.stdout
 
 
+def test_bad_flag_fails_at_start_with_one_line(demo_scene, tmp_path):
+    cmd = ["ns-train", "splatfacto-argp", "--machine.device-type", "cpu", "--vis", "tensorboard", "--output-dir",
+           str(tmp_path), "--pipeline.model.irp-preset", "earlier", "--pipeline.model.mark-ratio", "1.5",
+           "blender-data", "--data", str(demo_scene), "--ply-path", "points3d.ply"]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "argp_ns: mark_ratio must be in (0, 1), got 1.5"
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 @pytest.fixture(scope="module")
 def argp_run(demo_scene, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")

@@ -39,7 +39,7 @@ def test_ns_train_help_lists_methods():
 
 @pytest.mark.parametrize(
     "method,field,value",
-    [("splatfacto-argp", "irp_mode", "frozen"), ("splatfacto-argp", "mark_ratio", "0.5"),
+    [("splatfacto-argp", "irp_mode", "frozen"), ("splatfacto-argp", "mark_ratio", "0.5"), ("splatfacto-argp", "irp_preset", "earlier"),
      ("splatfacto-argp", "prune_quantile", "0.02"), ("splatfacto-safeguard", "top_k", "4"),
      ("splatfacto-safeguard", "prune_method", "radsplat"), ("splatfacto-safeguard", "topk_scope", "tile")],
 )
@@ -49,3 +49,14 @@ def test_flags_exposed(method, field, value):
     default = all_methods[method]
     cfg = tyro.cli(type(default), default=default, args=[f"--pipeline.model.{field.replace('_', '-')}", value])
     assert str(getattr(cfg.pipeline.model, field)) == value
+
+
+@pytest.mark.parametrize("args,ratios", [
+    ([], (0.7, 0.4)), (["--pipeline.model.irp-preset", "earlier"], (0.5, 0.35)),
+    (["--pipeline.model.irp-preset", "earlier", "--pipeline.model.mark-ratio", "0.6"], (0.6, 0.35)),
+])
+def test_irp_presets_and_overrides(args, ratios):
+    from nerfstudio.configs.method_configs import all_methods
+
+    default = all_methods["splatfacto-argp"]
+    assert tyro.cli(type(default), default=default, args=args).pipeline.model.irp_ratios() == ratios

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from argp_ns.strategy import ArgpStrategy, PruneError, SafeguardStrategy, prune, quantile
+from argp_ns.strategy import IRP_PRESETS, ArgpStrategy, PruneError, SafeguardStrategy, prune, quantile
 
 
 def make_params(n: int, seed: int = 0, opacities=None):
@@ -57,10 +57,15 @@ def test_aop_prunes_exactly_below_the_quantile_with_ties():
     assert_aligned(params, optimizers, state)
 
 
-def test_irp_count_arithmetic_and_moments():
+@pytest.mark.parametrize("preset,expected", [
+    ("released", [0.580, 0.454, 0.2986, 0.2167, 0.1486]),
+    ("earlier", [0.675, 0.5125, 0.3744, 0.2769, 0.2040]),  # anchors-and-official-code.md: about 20.4 %
+])
+def test_irp_count_arithmetic_and_moments(preset, expected):
     n = 200_000
     params, optimizers = make_params(n, seed=2)
-    strat = ArgpStrategy(refine_stop_iter=12000)
+    mark_ratio, recover_ratio = IRP_PRESETS[preset]
+    strat = ArgpStrategy(refine_stop_iter=12000, mark_ratio=mark_ratio, recover_ratio=recover_ratio)
     state = strat.initialize_state()
     fractions = []
     g = torch.Generator().manual_seed(3)
@@ -74,7 +79,7 @@ def test_irp_count_arithmetic_and_moments():
             assert (opt.state[p]["exp_avg"][cand] == 0).all()
         if step != strat.irp_rounds()[0]:
             fractions.append(params["means"].shape[0] / n)
-    assert fractions == pytest.approx([0.580, 0.454, 0.2986, 0.2167, 0.1486], abs=2e-3)
+    assert fractions == pytest.approx(expected, abs=2e-3)
     assert not state["irp_candidates"].any()  # the last round marks none
 
 
