@@ -60,3 +60,18 @@ def test_irp_presets_and_overrides(args, ratios):
 
     default = all_methods["splatfacto-argp"]
     assert tyro.cli(type(default), default=default, args=args).pipeline.model.irp_ratios() == ratios
+
+
+@pytest.mark.parametrize("args,reset", [([], 0.2), (["--pipeline.model.reset-opacity-value", "0.01"], 0.01)])
+def test_opacity_reset_value_reaches_the_strategy(args, reset):
+    """gsplat's DefaultStrategy resets opacities to 2 * prune_opa; the flag sets that value."""
+    import torch
+    from nerfstudio.configs.method_configs import all_methods
+    from nerfstudio.data.scene_box import SceneBox
+
+    default = all_methods["splatfacto-argp"]
+    cfg = tyro.cli(type(default), default=default, args=args).pipeline.model
+    cfg.random_init, cfg.num_random = True, 500
+    model = cfg.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1, -1], [1, 1, 1]])), num_train_data=4, metadata={},
+                      device="cpu")
+    assert model.strategy.prune_opa * 2 == pytest.approx(reset) and model.num_points == 500
