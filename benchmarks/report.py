@@ -85,7 +85,7 @@ def table(results: Dict[str, Any]) -> str:
     if len(stock) > 1:
         secs, psnrs = [r["train_seconds"] for r in stock], [r["psnr"] for r in stock]
         notes = ["", f"Stock splatfacto over {len(stock)} runs: {min(secs):.0f}-{max(secs):.0f} s, "
-                     f"{min(psnrs):.2f}-{max(psnrs):.2f} dB. Gaussian and PSNR ratios are against the fastest; "
+                     f"{min(psnrs):.2f}-{max(psnrs):.2f} dB. Gaussian shares are against the fastest; "
                      "speed-ups against a stock run of the same host, or (*) the fastest stock run."]
     return "\n".join([f"### {title}", "", head, *rows, *notes, "", f"Command: `{results['command']}`"])
 

@@ -98,7 +98,6 @@ def test_safeguard_prunes_inside_the_run(demo_scene, tmp_path):
     assert f"kept {kept:,}" in log  # the prune keeps exactly the pass's pixel-scope survivors
 
 
-
 def test_safeguard_tile_scope_reports_both_scopes(demo_scene, tmp_path):
     _, log = train("splatfacto-safeguard", demo_scene, tmp_path, steps=220, extra=["--pipeline.model.topk-scope=tile"])
     counts = log.split("top-1 keeps ")[1].split(" of ")[0]
