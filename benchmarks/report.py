@@ -1,23 +1,49 @@
-"""The results file of benchmark.md: load/merge/validate, the markdown table and the PSNR-vs-Gaussians plot."""
+"""The results file of benchmark.md: load/merge/validate, the markdown table and the PSNR-vs-Gaussians plot.
+
+    python -m benchmarks.report render benchmarks/results/fox-quick.json     # rewrite the .md and .png beside it
+    python -m benchmarks.report merge INTO.json FROM.json                    # append FROM's runs to INTO
+
+A row of the table is one (method, variant, commit): every figure is a mean over its runs with the sample standard
+deviation (n - 1) and n. Speed figures (train s, speed-up, it/s, render ms, FPS) use timed runs only. "Stock" runs
+are ``splatfacto`` runs without ns-train flags (whatever their variant label); the Gaussian share is against their
+mean count, and a speed-up is the ratio of the mean training time of the stock runs of a host to the row's mean on
+that same host, or, where the row has no timed run on a host with a timed stock run, against the stock host with
+the lowest mean (marked *).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 SCHEMA = json.loads((Path(__file__).parent / "schema.json").read_text())
+Run = Dict[str, Any]
+RowKey = Tuple[str, Optional[str], str]
 
 
 class ResultsMismatch(SystemExit):
     """An existing results file from another GPU kind or scale: merging is refused."""
 
 
+def normalize(results: Dict[str, Any]) -> Dict[str, Any]:
+    """Give every run a ``repeat`` (its index among the runs of its method/variant, in file order) where a file
+    written before repeats existed lacks it. Returns ``results``."""
+    seen: Dict[Tuple[str, Optional[str]], int] = {}
+    for r in results["runs"]:
+        key = (r["method"], r.get("variant"))
+        r.setdefault("repeat", seen.get(key, 0))
+        seen[key] = seen.get(key, 0) + 1
+    return results
+
+
 def load_results(path: Path, scene: str, protocol: str, scale: float, gpu: str) -> Dict[str, Any]:
     """The existing results of this scene/protocol, or a new empty file's content. Refuses to mix GPU kinds
     or scales (one line, nothing written)."""
     if path.exists():
-        results = json.loads(path.read_text())
+        results = normalize(json.loads(path.read_text()))
         if results["gpu"] != gpu or results["scale"] != scale:
             raise ResultsMismatch(f"benchmarks: {path} holds runs on {results['gpu']} at scale {results['scale']}; "
                                   f"this run is {gpu} at scale {scale}: not merged (use another --out)")
@@ -25,15 +51,17 @@ def load_results(path: Path, scene: str, protocol: str, scale: float, gpu: str) 
     return {"scene": scene, "protocol": protocol, "scale": scale, "gpu": gpu, "date": "", "command": "", "runs": []}
 
 
-def merge_run(results: Dict[str, Any], entry: Dict[str, Any], command: str, date: str) -> None:
-    """Replace the run of the same (method, variant), keep the others, record the command and date."""
+def merge_run(results: Dict[str, Any], entry: Run, command: str, date: str) -> None:
+    """Append the run (numbered as the next ``repeat`` of its method/variant), record the command and date."""
     key = (entry["method"], entry.get("variant"))
-    results["runs"] = [r for r in results["runs"] if (r["method"], r.get("variant")) != key] + [entry]
+    entry["repeat"] = sum((r["method"], r.get("variant")) == key for r in results["runs"])
+    results["runs"].append(entry)
     commands = [c for c in results["command"].split(" && ") if c]
-    if command not in commands:
-        commands.append(command)
+    for c in command.split(" && "):
+        if c not in commands:
+            commands.append(c)
     results["command"] = " && ".join(commands)
-    results["date"] = date
+    results["date"] = max(results["date"], date)
 
 
 def validate(results: Dict[str, Any]) -> None:
@@ -50,64 +78,163 @@ def validate(results: Dict[str, Any]) -> None:
     jsonschema.validate(results, SCHEMA)
 
 
-def thirds(run: Dict[str, Any]) -> Optional[str]:
-    """Steps per second in each third of training (from the run's ``step_marks``), e.g. "71 / 80 / 95"."""
+def is_timed(run: Run) -> bool:
+    """Whether the run trained alone (runs written before ``timed`` existed all did)."""
+    return run.get("timed", True)
+
+
+def commit_of(run: Run) -> str:
+    """The run's source commit, "unknown" where none was recorded."""
+    return run.get("commit") or "unknown"
+
+
+def is_stock(run: Run) -> bool:
+    """Stock splatfacto: the method without ns-train flags (a variant name is only a label)."""
+    return run["method"] == "splatfacto" and not run["config"].get("flags")
+
+
+def row_key(run: Run) -> RowKey:
+    """The table row of a run: method, variant, commit (a row never mixes commits)."""
+    return run["method"], run.get("variant"), commit_of(run)
+
+
+def rows(results: Dict[str, Any]) -> Dict[RowKey, List[Run]]:
+    """Runs grouped by row, rows in order of their first run."""
+    out: Dict[RowKey, List[Run]] = {}
+    for r in results["runs"]:
+        out.setdefault(row_key(r), []).append(r)
+    return out
+
+
+def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+    """Mean and sample standard deviation (None where there are too few values)."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def pm(values: Sequence[Optional[float]], fmt: str) -> str:
+    """ "mean ± std" of the values that are not None ("mean" for one value, "–" for none)."""
+    mean, std = mean_std([v for v in values if v is not None])
+    if mean is None:
+        return "–"
+    return format(mean, fmt) + ("" if std is None else " ± " + format(std, fmt))
+
+
+def thirds(run: Run) -> Optional[List[float]]:
+    """Steps per second in each third of training, from the run's ``step_marks``."""
     marks = {int(k): v[0] for k, v in run.get("step_marks", {}).items()}
     n = run["config"].get("max_num_iterations")
     if not marks or not n:
         return None
     cuts = [0] + [min(marks, key=lambda s: abs(s - n * i / 3)) for i in (1, 2, 3)]
     at = lambda s: 0.0 if s == 0 else marks[s]  # noqa: E731
-    return " / ".join(f"{(b - a) / max(at(b) - at(a), 1e-9):.0f}" for a, b in zip(cuts, cuts[1:]))
+    return [(b - a) / max(at(b) - at(a), 1e-9) for a, b in zip(cuts, cuts[1:])]
+
+
+def mean_thirds(runs: Sequence[Run]) -> str:
+    """Mean steps per second by third over runs with step marks, e.g. "71 / 80 / 95"."""
+    per_run = [t for t in map(thirds, runs) if t]
+    if not per_run:
+        return "–"
+    return " / ".join(f"{statistics.fmean(col):.0f}" for col in zip(*per_run))
+
+
+def by_host(runs: Sequence[Run]) -> Dict[str, List[float]]:
+    """Training seconds of timed runs, by host (runs without a host are left out)."""
+    out: Dict[str, List[float]] = {}
+    for r in runs:
+        if is_timed(r) and r.get("host"):
+            out.setdefault(r["host"], []).append(r["train_seconds"])
+    return out
+
+
+def speed_up(own: Sequence[Run], stock: Sequence[Run]) -> str:
+    """Mean stock training time over the row's mean on the same host, one ratio per shared host (most runs
+    first); with no shared host, against the stock host (or host-less stock run) of lowest mean, marked *."""
+    own_timed = [r["train_seconds"] for r in own if is_timed(r)]
+    stock_hosts = by_host(stock)
+    groups = list(stock_hosts.values()) + [[r["train_seconds"]] for r in stock if is_timed(r) and not r.get("host")]
+    if not own_timed or not groups:
+        return "–"
+    own_hosts = by_host(own)
+    shared = sorted((h for h in own_hosts if h in stock_hosts), key=lambda h: -len(own_hosts[h]))
+    if shared:
+        return " / ".join(f"{statistics.fmean(stock_hosts[h]) / statistics.fmean(own_hosts[h]):.2f}x" for h in shared)
+    fastest = min(map(statistics.fmean, groups))
+    return f"{fastest / statistics.fmean(own_timed):.2f}x*"
+
+
+def row_name(key: RowKey, commits: int) -> str:
+    """ "method (variant) @commit", the commit only where the file holds more than one."""
+    method, variant, commit = key
+    return method + (f" ({variant})" if variant else "") + (f" @{commit}" if commits > 1 else "")
 
 
 def table(results: Dict[str, Any]) -> str:
-    """Markdown table, ratios against stock splatfacto when it is present: the speed-up against a stock run
-    of the same host when there is one, else (marked *) against the fastest stock run, the most conservative."""
-    stock = [r for r in results["runs"] if r["method"] == "splatfacto"]
-    base = min(stock, key=lambda r: r["train_seconds"]) if stock else None
-    head = ("| method | PSNR | SSIM | LPIPS | Gaussians | peak | % of splatfacto | train s | speed-up | it/s | it/s by third | FPS | peak MB | PLY MB |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
-    rows = []
-    for r in results["runs"]:
-        name = r["method"] + (f" ({r['variant']})" if r.get("variant") else "")
-        share = f(100.0 * r["gaussians_final"] / base["gaussians_final"], ".1f") if base else "–"
-        same_host = [b for b in stock if r.get("host") and b.get("host") == r["host"]]
-        ref = min(same_host, key=lambda b: b["train_seconds"]) if same_host else base
-        speed = f(ref["train_seconds"] / r["train_seconds"], ".2f") + ("x" if same_host else "x*") if base else "–"
-        ply = None if r["ply_bytes"] is None else r["ply_bytes"] / 2**20
-        rows.append(f"| {name} | {r['psnr']:.2f} | {r['ssim']:.3f} | {f(r['lpips'], '.3f')} | {r['gaussians_final']:,} | "
-                    f"{r['gaussians_peak']:,} | {share} | {r['train_seconds']:.0f} | {speed} | {r['steps_per_second']:.1f} | "
-                    f"{thirds(r) or '–'} | {f(r['fps'], '.0f')} | {f(r['peak_gpu_mem_mb'], '.0f')} | {f(ply, '.1f')} |")
+    """Markdown table: one row per (method, variant, commit), mean ± std and n (see the module's docstring)."""
+    stock = [r for r in results["runs"] if is_stock(r)]
+    stock_count = statistics.fmean([r["gaussians_final"] for r in stock]) if stock else None
+    grouped = rows(results)
+    commits = len({k[2] for k in grouped})
+    head = ("| method | n | timed | PSNR | SSIM | LPIPS | Gaussians | % of splatfacto | peak | train s | speed-up | "
+            "it/s by third | render ms | FPS | peak MB | PLY MB |\n" + "|---" * 16 + "|")
+    lines = []
+    for key, runs in grouped.items():
+        timed = [r for r in runs if is_timed(r)]
+        final = [r["gaussians_final"] for r in runs]
+        share = "–" if stock_count is None else f"{100.0 * statistics.fmean(final) / stock_count:.1f}"
+        ms = mean_std([r["render_ms"] for r in timed if r.get("render_ms")])[0]
+        ply = [None if r["ply_bytes"] is None else r["ply_bytes"] / 2**20 for r in runs]
+        lines.append(
+            f"| {row_name(key, commits)} | {len(runs)} | {len(timed)} | {pm([r['psnr'] for r in runs], '.2f')} | "
+            f"{pm([r['ssim'] for r in runs], '.3f')} | {pm([r['lpips'] for r in runs], '.3f')} | {pm(final, ',.0f')} | "
+            f"{share} | {pm([r['gaussians_peak'] for r in runs], ',.0f')} | {pm([r['train_seconds'] for r in timed], '.0f')} | "
+            f"{speed_up(runs, stock)} | {mean_thirds(timed)} | {pm([r['render_ms'] for r in timed], '.2f')} | "
+            f"{'–' if not ms else format(1000.0 / ms, '.0f')} | {pm([r['peak_gpu_mem_mb'] for r in runs], '.0f')} | "
+            f"{pm(ply, '.1f')} |")
     title = f"{results['scene']}, {results['protocol']} protocol (scale {results['scale']}), {results['gpu']}, {results['date']}"
-    notes = []
-    if len(stock) > 1:
-        secs, psnrs = [r["train_seconds"] for r in stock], [r["psnr"] for r in stock]
-        notes = ["", f"Stock splatfacto over {len(stock)} runs: {min(secs):.0f}-{max(secs):.0f} s, "
-                     f"{min(psnrs):.2f}-{max(psnrs):.2f} dB. Gaussian shares are against the fastest; "
-                     "speed-ups against a stock run of the same host, or (*) the fastest stock run."]
-    return "\n".join([f"### {title}", "", head, *rows, *notes, "", f"Command: `{results['command']}`"])
+    notes = ["", "Mean ± sample standard deviation over the row's n runs; train s, speed-up, it/s, render ms and FPS "
+                 "over its timed runs only (runs that shared the GPU are not timed)."]
+    if stock:
+        notes.append(f"Stock splatfacto (no flags) over {len(stock)} runs: {pm([r['psnr'] for r in stock], '.2f')} dB "
+                     f"({min(r['psnr'] for r in stock):.2f}-{max(r['psnr'] for r in stock):.2f}), "
+                     f"{stock_count:,.0f} Gaussians: the 100 % of the share column. Speed-ups: mean stock time over "
+                     "the row's mean on the same host (one ratio per host), else (*) against the fastest stock host.")
+    return "\n".join([f"### {title}", "", head, *lines, *notes, "", f"Command: `{results['command']}`"])
 
 
 def plot(results: Dict[str, Any], path: Path) -> None:
-    """PSNR against final Gaussian count, one point per run, splatfacto marked."""
+    """PSNR against final Gaussian count: one point per row with std error bars on both axes, stock splatfacto's
+    mean ± std PSNR as a horizontal band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in results["runs"]:
-        base = r["method"] == "splatfacto"
-        ax.scatter(r["gaussians_final"], r["psnr"], marker="*" if base else "o", s=160 if base else 50,
-                   color="black" if base else None, zorder=3)
-        ax.annotate(r.get("variant") or r["method"], (r["gaussians_final"], r["psnr"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    stock = [r["psnr"] for r in results["runs"] if is_stock(r)]
+    if stock:
+        mean, std = mean_std(stock)
+        ax.axhspan(mean - (std or 0.0), mean + (std or 0.0), color="0.85", zorder=0,
+                   label=f"stock splatfacto {mean:.2f} ± {std or 0.0:.2f} dB (n={len(stock)})")
+        ax.axhline(mean, color="0.5", lw=0.8, ls="--", zorder=1)
+    grouped = rows(results)
+    commits = len({k[2] for k in grouped})
+    for key, runs in grouped.items():
+        (x, dx), (y, dy) = mean_std([r["gaussians_final"] for r in runs]), mean_std([r["psnr"] for r in runs])
+        base = all(is_stock(r) for r in runs)
+        ax.errorbar(x, y, xerr=dx or 0.0, yerr=dy or 0.0, fmt="*" if base else "o", ms=12 if base else 6,
+                    color="black" if base else None, capsize=3, zorder=3)
+        label = (key[1] or key[0]) + (f" @{key[2]}" if commits > 1 else "") + f" (n={len(runs)})"
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel("final Gaussians")
-    ax.set_ylabel("PSNR (dB)")
+    ax.set_xlabel("final Gaussians (mean ± std)")
+    ax.set_ylabel("PSNR (dB, mean ± std)")
     ax.set_title(f"{results['scene']} ({results['protocol']}, x{results['scale']}, {results['gpu']})", fontsize=9)
     ax.grid(alpha=0.3)
+    if stock:
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -118,7 +245,42 @@ def write_outputs(results: Dict[str, Any], path: Path) -> str:
     validate(results)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
+    return render(results, path)
+
+
+def render(results: Dict[str, Any], path: Path) -> str:
+    """Write the markdown table and the plot beside the JSON ``path``; returns the table."""
     text = table(results)
     path.with_suffix(".md").write_text(text + "\n")
     plot(results, path.with_suffix(".png"))
     return text
+
+
+def merge_files(into: Path, source: Path) -> None:
+    """Append every run of ``source`` to ``into`` (same scene, protocol, GPU kind and scale, else refused)."""
+    src = normalize(json.loads(source.read_text()))
+    results = load_results(into, src["scene"], src["protocol"], src["scale"], src["gpu"])
+    if (results["scene"], results["protocol"]) != (src["scene"], src["protocol"]):
+        raise ResultsMismatch(f"benchmarks: {into} is {results['scene']}/{results['protocol']}, {source} is "
+                              f"{src['scene']}/{src['protocol']}: not merged")
+    for r in src["runs"]:
+        merge_run(results, {k: v for k, v in r.items() if k != "repeat"}, src["command"], src["date"])
+    write_outputs(results, into)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    p = argparse.ArgumentParser(description="Render or merge benchmark results files.")
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("render", help="rewrite the .md table and .png plot of results files").add_argument("files", nargs="+", type=Path)
+    m = sub.add_parser("merge", help="append the runs of FROM to INTO (refused across GPU kinds or scales)")
+    m.add_argument("into", type=Path)
+    m.add_argument("source", type=Path)
+    args = p.parse_args(argv)
+    if args.action == "merge":
+        merge_files(args.into, args.source)
+        return
+    for f in args.files:
+        print(render(normalize(json.loads(f.read_text())), f))
+
+if __name__ == "__main__":
+    main()

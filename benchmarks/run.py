@@ -1,14 +1,16 @@
-"""Benchmark splatfacto against the pruning methods through nerfstudio's own trainer, one GPU, one scene.
+"""Benchmark splatfacto against the pruning methods through nerfstudio's own trainer, one GPU, any scene.
 
     python -m benchmarks.run --scene fox --data <fox> --protocol quick --scale 0.5 \
-        --methods splatfacto,splatfacto-argp,splatfacto-safeguard \
+        --methods splatfacto,splatfacto-argp,splatfacto-safeguard --repeats 3 [--parallel 3] [--time-budget 540] \
         [--variant "argp-hidden=splatfacto-argp:--pipeline.model.irp-mode hidden"]
+    python -m benchmarks.run --scene mine --data <folder> --dataparser colmap --colmap-path sparse/0 --methods ...
 
 Each run is trained by ``nerfstudio.engine.trainer.Trainer`` from the registered method config (periodic
-evaluation and the viewer off), then evaluated with the pipeline's own metrics, timed for rendering,
-and exported with ``ns-export gaussian-splat``'s exporter. Results merge into
-``benchmarks/results/<scene>-<protocol>.json`` (format: ../shared spec, see benchmarks/README.md),
-written after every run, with a markdown table and a PSNR-vs-Gaussians plot beside it.
+evaluation and the viewer off) in a fresh spawned process (``--parallel K``: K at once, recorded as not timed),
+then evaluated with the pipeline's own metrics (and per held-out view), timed for rendering, and exported with
+``ns-export gaussian-splat``'s exporter. Every run is appended to ``benchmarks/results/<scene>-<protocol>.json``
+(format: ../shared spec, see benchmarks/README.md) as soon as it finishes, with a markdown table and a
+PSNR-vs-Gaussians plot beside it.
 """
 
 from __future__ import annotations
@@ -23,17 +25,21 @@ import platform
 import shlex
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import types
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
 from argp_ns.model import eval_pairs
-from benchmarks.report import load_results, merge_run, write_outputs
+from benchmarks import scenes
+from benchmarks.report import load_results, merge_run, table, write_outputs
+
+REPO = Path(__file__).resolve().parents[1]
 
 # step-based schedules scaled by the quick protocol: (config path, applies to)
 SCALED = ("max_num_iterations", "warmup_length", "stop_split_at", "stop_screen_size_at", "resolution_schedule",
@@ -52,27 +58,32 @@ def parse_variant(text: str) -> Tuple[str, str, List[str]]:
     return name, method, shlex.split(flags)
 
 
-def dataparser(scene: str, data: Path):
-    """The scene's dataparser, as benchmark.md fixes it."""
-    from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
-    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+class Job(NamedTuple):
+    """One run to do: the method, its variant label and ns-train flags, and the folder it trains in."""
 
-    if scene == "fox":
-        return NerfstudioDataParserConfig(data=data, downscale_factor=2, eval_mode="interval", eval_interval=8)
-    if scene == "lego":
-        return BlenderDataParserConfig(data=data)
-    if scene == "demo":
-        return BlenderDataParserConfig(data=data, ply_path=Path("points3d.ply"))
-    raise SystemExit(f"benchmarks: unknown scene {scene!r} (fox, lego, demo)")
+    method: str
+    variant: Optional[str]
+    flags: List[str]
+    workdir: Path
 
 
-def build_config(method: str, flags: List[str], scene: str, data: Path, scale: float, device: str, out: Path, steps: Optional[int]):
+def check_methods(methods: List[str], device: str) -> None:
+    """One-line SystemExit for a method nerfstudio does not know, or stock splatfacto on the CPU."""
+    from nerfstudio.configs.method_configs import all_methods
+
+    for method in methods:
+        if method not in all_methods:
+            raise SystemExit(f"benchmarks: unknown method {method!r}")
+        if device == "cpu" and method == "splatfacto":
+            raise SystemExit("benchmarks: stock splatfacto needs a GPU (gsplat has no CPU rasterizer)")
+
+
+def build_config(method: str, flags: List[str], opts: scenes.SceneOptions, data: Path, scale: float, device: str,
+                 out: Path, steps: Optional[int]):
     """The registered method's TrainerConfig with the protocol's scaling, the variant's flags and the scene."""
     import tyro
     from nerfstudio.configs.method_configs import all_methods
 
-    if method not in all_methods:
-        raise SystemExit(f"benchmarks: unknown method {method!r}")
     cfg = copy.deepcopy(all_methods[method])
     model = cfg.pipeline.model
     for name in SCALED:
@@ -86,9 +97,9 @@ def build_config(method: str, flags: List[str], scene: str, data: Path, scale: f
             opt["scheduler"].max_steps = cfg.max_num_iterations
     if flags:
         cfg = tyro.cli(type(cfg), default=cfg, args=flags)
-    cfg.pipeline.datamanager.dataparser = dataparser(scene, data)
-    if scene in ("lego", "demo"):
-        model.background_color = "white"  # Blender scenes: the usual white-background protocol, for every method
+    cfg.pipeline.datamanager.dataparser = scenes.dataparser_config(opts, data)
+    if opts.background != "auto":
+        cfg.pipeline.model.background_color = opts.background  # for every method alike (lego, demo: white)
     cfg.pipeline.datamanager.data = data
     cfg.machine.device_type = device
     cfg.vis = "tensorboard"
@@ -96,8 +107,6 @@ def build_config(method: str, flags: List[str], scene: str, data: Path, scale: f
     cfg.steps_per_save = NEVER
     cfg.output_dir = out
     cfg.timestamp = "run"
-    if device == "cpu" and method == "splatfacto":
-        raise SystemExit("benchmarks: stock splatfacto needs a GPU (gsplat has no CPU rasterizer)")
     return cfg
 
 
@@ -162,6 +171,21 @@ def render_ms(pipeline, warmup: int = 3) -> Optional[float]:
     return statistics.median(times)
 
 
+@torch.no_grad()
+def per_view_metrics(pipeline) -> Dict[str, List[float]]:
+    """PSNR (and LPIPS where the model has it) of each held-out view in order, computed as nerfstudio's
+    ``get_average_eval_image_metrics`` does for its mean."""
+    model = pipeline.model
+    model.eval()
+    psnr, lpips = [], []
+    for camera, batch in eval_pairs(pipeline.datamanager):
+        metrics = model.get_image_metrics_and_images(model.get_outputs_for_camera(camera), batch)[0]
+        psnr.append(round(float(metrics["psnr"]), 4))
+        if "lpips" in metrics:
+            lpips.append(round(float(metrics["lpips"]), 5))
+    return {"per_view_psnr": psnr, **({"per_view_lpips": lpips} if lpips else {})}
+
+
 def warm_extensions(device: str) -> None:
     """Load gsplat's CUDA backend and the project's kernel before the timer starts (a first use compiles them)."""
     if device != "cuda":
@@ -211,34 +235,46 @@ def host() -> str:
     return f"{socket.gethostname()} / {cpu} / boot {read('/proc/sys/kernel/random/boot_id').strip()[:8]}"
 
 
-def run_one(method: str, variant: Optional[str], flags: List[str], args) -> Dict[str, Any]:
-    """Train, evaluate, time and export one run; the results entry of benchmark.md."""
-    if args.keep_runs is not None:
-        workdir = args.keep_runs / f"{args.scene}-{args.protocol}" / (variant or method)
-        if workdir.exists():
-            raise SystemExit(f"benchmarks: {workdir} exists; choose another --keep-runs folder")
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="argp-bench-"))
-    cfg = build_config(method, flags, args.scene, args.data, args.scale, args.device, workdir, args.steps)
+def source_commit(root: Path = REPO) -> Optional[str]:
+    """The project's commit: ``git rev-parse --short HEAD``, plus "+dirty" where tracked files outside
+    benchmarks/results differ from it; without a .git folder (a copied tree), the ARGP_NS_COMMIT variable; else None."""
+    if (root / ".git").exists():
+        def git(*cmd: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *cmd], capture_output=True, text=True, check=True).stdout.strip()
+
+        try:
+            dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+            return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    return os.environ.get("ARGP_NS_COMMIT") or None
+
+
+def run_one(job: Job, args, commit: Optional[str]) -> Dict[str, Any]:
+    """Train, evaluate, time and export one run; the results entry of benchmark.md (``repeat`` is set on merge)."""
+    method, variant, flags, workdir = job
+    cfg = build_config(method, flags, args.scene_options, args.data, args.scale, args.device, workdir, args.steps)
     warm_extensions(args.device)
     res = train(cfg)
     trainer = res["trainer"]
     pipeline, model = trainer.pipeline, trainer.pipeline.model
     metrics = pipeline.get_average_eval_image_metrics(step=cfg.max_num_iterations, output_path=None, get_std=False)
+    views = per_view_metrics(pipeline)
     ms = render_ms(pipeline)
     final = model.num_points
     config_path = trainer.base_dir / "config.yml"
     n_bytes = ply_bytes(config_path, workdir / "export")
     psnr = float(metrics["psnr"])
     entry = {
-        "method": method, "config": {"flags": " ".join(flags), "scale": args.scale, "max_num_iterations": cfg.max_num_iterations},
+        "method": method, "config": {"flags": " ".join(flags), "scale": args.scale, "max_num_iterations": cfg.max_num_iterations,
+                                     "scene": args.scene_options.as_dict()},
         "psnr": psnr, "ssim": float(metrics["ssim"]), "lpips": float(metrics["lpips"]) if "lpips" in metrics else None,
         "gaussians_final": int(final), "gaussians_peak": int(res["peak"]), "train_seconds": round(res["seconds"], 2),
         "steps_per_second": round(cfg.max_num_iterations / res["seconds"], 2),
         "peak_gpu_mem_mb": None if res["mem"] is None else round(res["mem"], 1),
         "render_ms": None if ms is None else round(ms, 3), "fps": None if not ms else round(1000.0 / ms, 1),
         "ply_bytes": n_bytes, "psnr_per_million": round(psnr / max(final, 1) * 1e6, 3),
-        "step_marks": res["marks"], "host": host(),
+        "step_marks": res["marks"], "host": host(), "timed": args.parallel == 1, "commit": commit, **views,
         "prune_events": [{k: e[k] for k in ("step", "rule", "removed", "kept")} for e in getattr(model, "prune_events", [])],
     }
     if variant:
@@ -249,39 +285,112 @@ def run_one(method: str, variant: Optional[str], flags: List[str], args) -> Dict
     return entry
 
 
+def workdir_for(args, label: str) -> Path:
+    """The folder a run trains in: DIR/<scene>-<protocol>/<label>/<first free number> under --keep-runs, else a
+    fresh temporary folder."""
+    if args.keep_runs is None:
+        return Path(tempfile.mkdtemp(prefix="argp-bench-"))
+    parent = args.keep_runs / f"{args.scene}-{args.protocol}" / label
+    parent.mkdir(parents=True, exist_ok=True)
+    i = 0
+    while True:
+        try:
+            (parent / str(i)).mkdir()
+            return parent / str(i)
+        except FileExistsError:
+            i += 1
+
+
+def run_all(todo: List[Tuple[str, Optional[str], List[str]]], args, commit: Optional[str],
+            finish: Callable[[Dict[str, Any]], None]) -> int:
+    """Do the runs, at most ``args.parallel`` at once, each in its own spawned process (no state such as CUDA
+    caches or compiled kernels leaks from one run into another's time); ``finish(entry)`` after each. No run starts
+    once the time used plus the longest finished run would pass ``args.time_budget``. Returns the number of runs
+    that failed."""
+    spawn = multiprocessing.get_context("spawn")
+    start, longest, failed = time.perf_counter(), 0.0, 0
+    pending = list(todo)
+    running: Dict[concurrent.futures.Future, Tuple[concurrent.futures.ProcessPoolExecutor, float, str]] = {}
+    while pending or running:
+        while pending and len(running) < args.parallel and (
+                args.time_budget is None or time.perf_counter() - start + longest <= args.time_budget):
+            method, variant, flags = pending.pop(0)
+            label = variant or method
+            print(f"benchmarks: {args.scene} {args.protocol} x{args.scale}: {method}{' / ' + variant if variant else ''}"
+                  f"{' (not timed: ' + str(args.parallel) + ' at once)' if args.parallel > 1 else ''}", flush=True)
+            pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn)
+            future = pool.submit(run_one, Job(method, variant, flags, workdir_for(args, label)), args, commit)
+            running[future] = (pool, time.perf_counter(), label)
+        if not running:
+            print(f"benchmarks: time budget of {args.time_budget:.0f} s: {len(pending)} runs not started "
+                  f"(the longest run took {longest:.0f} s)", flush=True)
+            return failed
+        done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+            pool, began, label = running.pop(future)
+            pool.shutdown()
+            longest = max(longest, time.perf_counter() - began)
+            try:
+                finish(future.result())
+            except (Exception, SystemExit) as err:  # one failed run does not cost the others
+                failed += 1
+                print(f"benchmarks: the {label} run failed: {err!r}", flush=True)
+    return failed
+
+
 def main(argv: Optional[List[str]] = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scene", required=True)
+    p.add_argument("--scene", required=True, help=f"results name; a preset ({', '.join(scenes.PRESETS)}) sets the scene options")
     p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--dataparser", choices=scenes.DATAPARSERS, default=None, help="required unless --scene is a preset")
+    p.add_argument("--downscale", type=int, default=None, help="image downscale factor (nerfstudio-data, colmap)")
+    p.add_argument("--colmap-path", default=None, help="COLMAP model folder relative to --data (colmap; nerfstudio's default colmap/sparse/0)")
+    p.add_argument("--eval-interval", type=int, default=None, help="hold out every Nth image (nerfstudio-data, colmap; default 8)")
+    p.add_argument("--background", choices=scenes.BACKGROUNDS, default=None, help="model background (default auto: the method's own)")
+    p.add_argument("--ply-path", default=None, help="seed points relative to --data (blender-data; default random init)")
     p.add_argument("--protocol", choices=("quick", "paper"), default="quick")
     p.add_argument("--scale", type=float, default=None, help="quick protocol's schedule factor (default 0.5; paper: 1)")
     p.add_argument("--methods", default="", help="comma-separated ns-train method names")
     p.add_argument("--variant", action="append", default=[], help="name=method:flags (flags as on ns-train)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of every method and variant (default 3)")
+    p.add_argument("--parallel", type=int, default=1, help="runs at once on the one GPU; above 1 they are not timed")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds: start no run once elapsed time plus the longest finished run would pass it")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=None, help="override max_num_iterations (tiny CPU checks)")
     p.add_argument("--keep-runs", type=Path, default=None,
-                   help="keep each trained run (config.yml, checkpoint) under DIR/<scene>-<protocol>/<variant or method>")
+                   help="keep each trained run (config.yml, checkpoint) under DIR/<scene>-<protocol>/<variant or method>/<i>")
     args = p.parse_args(argv)
-    if not args.data.exists():
-        raise SystemExit(f"benchmarks: no dataset at {args.data}")
+    if args.repeats < 1 or args.parallel < 1:
+        raise SystemExit("benchmarks: --repeats and --parallel must be at least 1")
+    args.scene_options = scenes.resolve(args.scene, {
+        "dataparser": args.dataparser, "downscale": args.downscale, "colmap_path": args.colmap_path,
+        "eval_interval": args.eval_interval, "background": args.background, "ply_path": args.ply_path})
+    scenes.check_data(args.scene_options, args.data)
     args.scale = 1.0 if args.protocol == "paper" else (args.scale or 0.5)
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1" if args.device == "cpu" else "0")
+    todo = [(m, None, []) for m in args.methods.split(",") if m] + [(m, n, f) for n, m, f in map(parse_variant, args.variant)]
+    if not todo:
+        raise SystemExit("benchmarks: nothing to run: give --methods or --variant")
+    check_methods([m for m, _, _ in todo], args.device)
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     path = args.out / f"{args.scene}-{args.protocol}.json"
     results = load_results(path, args.scene, args.protocol, args.scale, gpu)  # refuses a mismatch before training
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    todo = [(m, None, []) for m in args.methods.split(",") if m] + [(m, n, f) for n, m, f in map(parse_variant, args.variant)]
-    for method, variant, flags in todo:
-        print(f"benchmarks: {args.scene} {args.protocol} x{args.scale}: {method}{' / ' + variant if variant else ''}", flush=True)
-        # each run in a fresh process: no state (CUDA caches, writers, compiled kernels) leaks into the next one's time
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            entry = pool.submit(run_one, method, variant, flags, args).result()
-        merge_run(results, entry, command, datetime.date.today().isoformat())
-        table = write_outputs(results, path)
-    print(table)
-    return path
+    commit = source_commit()
 
+    def finish(entry: Dict[str, Any]) -> None:
+        merge_run(results, entry, command, datetime.date.today().isoformat())
+        write_outputs(results, path)  # after every run: a command killed at its time limit keeps the finished ones
+
+    # repeat-major order: a cut-short command still holds about as many runs of every method
+    failed = run_all([job for _ in range(args.repeats) for job in todo], args, commit, finish)
+    if results["runs"]:
+        print(table(results))
+    if failed:
+        raise SystemExit(f"benchmarks: {failed} of {args.repeats * len(todo)} runs failed; the finished ones are in {path}")
+    return path
 
 if __name__ == "__main__":
     main()

@@ -1,76 +1,227 @@
-"""The benchmark harness on a tiny CPU run: results format, merging, table and plot."""
+"""The benchmark harness: repeats, parallel runs, any scene (a COLMAP folder end to end on the CPU), the table's
+statistics and speed-ups, the results format and its older files."""
 
 import json
+import math
+import re
+import shutil
+import statistics
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from benchmarks import report, run
+from benchmarks import report, run, scenes
 
-FLAGS = ("--pipeline.model.warmup-length 20 --pipeline.model.refine-every 10 --pipeline.model.stop-split-at 60 "
-         "--pipeline.model.irp-start 60 --pipeline.model.irp-every 20 --pipeline.model.irp-last 100 "
-         "--pipeline.model.resolution-schedule 40 --pipeline.model.reset-alpha-every 3")
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+# a 30-step schedule with AOP and one IRP round (step 25)
+FLAGS = ("--pipeline.model.warmup-length 10 --pipeline.model.refine-every 5 --pipeline.model.stop-split-at 20 "
+         "--pipeline.model.irp-start 20 --pipeline.model.irp-every 5 --pipeline.model.irp-last 25 "
+         "--pipeline.model.resolution-schedule 10 --pipeline.model.reset-alpha-every 3")
+
+
+def export_colmap(blender: Path, out: Path) -> Path:
+    """The demo scene as a user's COLMAP folder: images/ (RGB, composited on white) and a text model in sparse/0
+    (one PINHOLE camera, world-to-camera poses in OpenCV axes, the seed points as points3D)."""
+    from nerfstudio.data.utils.colmap_parsing_utils import rotmat2qvec
+    from PIL import Image
+    from plyfile import PlyData
+
+    (out / "images").mkdir(parents=True)
+    model = out / "sparse" / "0"
+    model.mkdir(parents=True)
+    frames = [f for split in ("train", "test") for f in json.loads((blender / f"transforms_{split}.json").read_text())["frames"]]
+    fov = json.loads((blender / "transforms_train.json").read_text())["camera_angle_x"]
+    lines = []
+    for i, frame in enumerate(frames):
+        rgba = Image.open(blender / (frame["file_path"] + ".png"))
+        rgb = Image.new("RGB", rgba.size, "white")
+        rgb.paste(rgba, mask=rgba.split()[3])
+        rgb.save(out / "images" / f"view_{i:03d}.png")
+        c2w = np.array(frame["transform_matrix"]) @ np.diag([1.0, -1.0, -1.0, 1.0])  # OpenGL -> OpenCV camera axes
+        w2c = np.linalg.inv(c2w)
+        q, t = rotmat2qvec(w2c[:3, :3]), w2c[:3, 3]
+        lines += [" ".join(map(str, [i + 1, *q, *t, 1, f"view_{i:03d}.png"])), ""]
+    size = rgba.size[0]
+    focal = 0.5 * size / math.tan(0.5 * fov)
+    (model / "cameras.txt").write_text(f"1 PINHOLE {size} {size} {focal} {focal} {size / 2} {size / 2}\n")
+    (model / "images.txt").write_text("\n".join(lines) + "\n")
+    v = PlyData.read(str(blender / "points3d.ply"))["vertex"]
+    (model / "points3D.txt").write_text("".join(f"{j + 1} {x} {y} {z} {r} {g} {b} 0.5\n" for j, (x, y, z, r, g, b) in
+                                                enumerate(zip(v["x"], v["y"], v["z"], v["red"], v["green"], v["blue"]))))
+    return out
 
 
 @pytest.fixture(scope="module")
-def results(demo_scene, tmp_path_factory):
+def colmap_results(demo_scene, tmp_path_factory):
+    """Two runs at once and then one alone (a time budget stops its second repeat), through the generic options
+    on a COLMAP export of the demo scene; returns the results file."""
+    folder = export_colmap(demo_scene, tmp_path_factory.mktemp("mine"))
     out = tmp_path_factory.mktemp("results")
-    path = run.main(["--scene", "demo", "--data", str(demo_scene), "--device", "cpu", "--steps", "120", "--out", str(out),
-                     "--variant", f"argp=splatfacto-argp:{FLAGS}"])
-    return path
+    common = ["--scene", "mine", "--data", str(folder), "--dataparser", "colmap", "--colmap-path", "sparse/0",
+              "--device", "cpu", "--steps", "30", "--out", str(out), "--variant", f"argp=splatfacto-argp:{FLAGS}"]
+    run.main(common + ["--repeats", "2", "--parallel", "2"])
+    return run.main(common + ["--repeats", "2", "--time-budget", "1"])
 
 
-def test_results_file_follows_the_schema(results):
-    data = json.loads(results.read_text())
+def test_a_colmap_folder_benchmarks_with_one_command(colmap_results):
+    data = json.loads(colmap_results.read_text())
     report.validate(data)
-    (r,) = data["runs"]
-    assert r["method"] == "splatfacto-argp" and r["variant"] == "argp" and data["gpu"] == "cpu"
-    assert r["prune_events"] and r["gaussians_peak"] >= r["gaussians_final"] and r["ply_bytes"] > 0
-    assert r["lpips"] is None and r["peak_gpu_mem_mb"] is None and r["render_ms"] > 0
-    assert "python -m benchmarks.run" in data["command"] and r["host"] == run.host()
-    marks = {int(k): v for k, v in r["step_marks"].items()}
-    assert sorted(marks) == [120] and marks[120][1] == r["gaussians_final"] and marks[120][0] > 0
-    assert results.with_suffix(".md").read_text().count("| splatfacto-argp (argp) |") == 1
-    assert results.with_suffix(".png").stat().st_size > 0
+    runs = data["runs"]
+    assert [r["repeat"] for r in runs] == [0, 1, 2]  # the budget kept the last command's second repeat from starting
+    assert [r["timed"] for r in runs] == [False, False, True]
+    for r in runs:
+        assert r["method"] == "splatfacto-argp" and r["variant"] == "argp" and r["config"]["scene"]["dataparser"] == "colmap"
+        assert len(r["per_view_psnr"]) == 3  # 20 images, every 8th held out
+        assert statistics.fmean(r["per_view_psnr"]) == pytest.approx(r["psnr"], abs=1e-3)
+        assert "per_view_lpips" not in r and r["lpips"] is None  # no AlexNet weights offline
+        assert r["prune_events"] and r["gaussians_peak"] >= r["gaussians_final"] and r["ply_bytes"] > 0
+        assert r["host"] == run.host() and r["commit"] == run.source_commit() and r["render_ms"] > 0
+    assert data["command"].count("python -m benchmarks.run") == 2 and data["gpu"] == "cpu"
+    row = [line for line in colmap_results.with_suffix(".md").read_text().splitlines() if line.startswith("| splatfacto-argp")]
+    assert len(row) == 1 and row[0].split(" | ")[1:3] == ["3", "1"]  # n = 3 runs, 1 timed
+    assert colmap_results.with_suffix(".png").stat().st_size > 0
 
 
-def test_merge_keeps_other_runs_and_replaces_same():
-    data = report.load_results(pytest.importorskip("pathlib").Path("/nonexistent.json"), "demo", "quick", 0.5, "cpu")
-    a = {"method": "splatfacto-argp", "variant": "a", "psnr": 1.0}
-    report.merge_run(data, a, "cmd1", "2026-01-01")
-    report.merge_run(data, {"method": "splatfacto-argp", "variant": "b", "psnr": 2.0}, "cmd2", "2026-01-02")
-    report.merge_run(data, {**a, "psnr": 3.0}, "cmd1", "2026-01-03")
-    assert sorted((r["variant"], r["psnr"]) for r in data["runs"]) == [("a", 3.0), ("b", 2.0)]
+def test_colmap_folder_without_a_model_is_one_line(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(SystemExit, match="no COLMAP model .* set --colmap-path"):
+        run.main(["--scene", "mine", "--data", str(tmp_path), "--dataparser", "colmap", "--methods", "splatfacto-argp"])
+
+
+def test_presets_are_defaults_of_the_generic_options(tmp_path):
+    assert scenes.resolve("fox", {}) == scenes.SceneOptions("nerfstudio-data", downscale=2, eval_interval=8)
+    assert scenes.resolve("bonsai", {}) == scenes.SceneOptions("colmap", downscale=1, colmap_path="sparse/0")
+    assert scenes.resolve("lego", {"background": None}).background == "white"
+    assert scenes.resolve("fox", {"downscale": 4, "eval_interval": 10}) == scenes.SceneOptions("nerfstudio-data", 4, eval_interval=10)
+    fox = scenes.dataparser_config(scenes.resolve("fox", {}), tmp_path)
+    assert (fox.downscale_factor, fox.eval_mode, fox.eval_interval) == (2, "interval", 8)
+    bonsai = scenes.dataparser_config(scenes.resolve("bonsai", {}), tmp_path)
+    assert (bonsai.colmap_path, bonsai.downscale_factor, bonsai.eval_interval) == (Path("sparse/0"), 1, 8)
+    with pytest.raises(SystemExit, match=r"unknown scene 'garden': use a preset \(fox, lego, bonsai, demo\)"):
+        scenes.resolve("garden", {})
+    with pytest.raises(SystemExit, match="--downscale does not apply to --dataparser blender-data"):
+        scenes.resolve("lego", {"downscale": 2})
+    with pytest.raises(SystemExit, match="no dataset at"):
+        run.main(["--scene", "fox", "--data", str(tmp_path / "missing"), "--methods", "splatfacto-argp"])
+
+
+def test_stock_splatfacto_is_refused_on_the_cpu(demo_scene, tmp_path):
+    with pytest.raises(SystemExit, match="needs a GPU"):
+        run.main(["--scene", "demo", "--data", str(demo_scene), "--device", "cpu", "--methods", "splatfacto", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
+def test_commit_from_git_else_the_environment(tmp_path, monkeypatch):
+    assert re.fullmatch(r"[0-9a-f]{4,40}(\+dirty)?", run.source_commit())
+    monkeypatch.setenv("ARGP_NS_COMMIT", "abc1234")
+    assert run.source_commit(tmp_path) == "abc1234"  # a copied tree without .git
+    monkeypatch.delenv("ARGP_NS_COMMIT")
+    assert run.source_commit(tmp_path) is None
+
+
+def _run(method="splatfacto-argp", variant=None, seconds=100.0, host="h1", psnr=30.0, n=100, timed=True, commit="c1", marks=None):
+    """A results entry with what table() reads."""
+    entry = {"method": method, "config": {"flags": "", "max_num_iterations": 300}, "psnr": psnr, "ssim": 0.9, "lpips": None,
+             "gaussians_final": n, "gaussians_peak": n, "train_seconds": seconds, "steps_per_second": 300 / seconds,
+             "peak_gpu_mem_mb": None, "render_ms": seconds / 100, "fps": 100_000 / seconds, "ply_bytes": None,
+             "prune_events": [], "host": host, "step_marks": marks or {}, "timed": timed, "commit": commit}
+    return {**entry, **({"variant": variant} if variant else {})}
+
+
+def _results(runs):
+    data = report.load_results(Path("/nonexistent.json"), "demo", "quick", 0.5, "g")
+    for r in runs:
+        report.merge_run(data, r, "cmd", "2026-01-01")
+    return data
+
+
+def _rows(data):
+    """Table rows by their first cell."""
+    return {line.split(" | ")[0][2:]: line.split(" | ") for line in report.table(data).splitlines() if line.startswith("| splat")}
+
+
+def test_merge_appends_and_numbers_repeats():
+    data = report.load_results(Path("/nonexistent.json"), "demo", "quick", 0.5, "cpu")
+    report.merge_run(data, {"method": "splatfacto-argp", "variant": "a", "psnr": 1.0}, "cmd1", "2026-01-01")
+    report.merge_run(data, {"method": "splatfacto-argp", "variant": "b", "psnr": 2.0}, "cmd2", "2026-01-03")
+    report.merge_run(data, {"method": "splatfacto-argp", "variant": "a", "psnr": 3.0}, "cmd1", "2026-01-02")
+    assert [(r["variant"], r["repeat"], r["psnr"]) for r in data["runs"]] == [("a", 0, 1.0), ("b", 0, 2.0), ("a", 1, 3.0)]
     assert data["command"] == "cmd1 && cmd2" and data["date"] == "2026-01-03"
 
 
-def test_other_gpu_is_refused_and_left_unchanged(results):
-    before = results.read_text()
+def test_table_mean_std_n_and_same_host_speed_up():
+    data = _results([_run("splatfacto", seconds=20.0, psnr=29.0), _run("splatfacto", seconds=22.0, psnr=31.0),
+                     _run("splatfacto", seconds=10.0, host="h2", psnr=30.0),
+                     _run(seconds=14.0, n=20), _run(seconds=18.0, n=40, psnr=32.0),
+                     _run(variant="elsewhere", seconds=16.0, host="h3", n=20)])
+    rows = _rows(data)
+    stock, argp, other = rows["splatfacto"], rows["splatfacto-argp"], rows["splatfacto-argp (elsewhere)"]
+    assert stock[1:4] == ["3", "3", "30.00 ± 1.00"]
+    assert argp[1:4] == ["2", "2", "31.00 ± 1.41"] and argp[6] == "30 ± 14"
+    assert argp[7] == "30.0"  # 30 Gaussians against the stock mean of 100
+    assert argp[9] == "16 ± 3" and argp[10] == "1.31x"  # h1: stock mean 21 s over 16 s
+    assert stock[10] == "1.00x / 1.00x"  # each stock host against itself
+    assert other[10] == "0.62x*"  # no stock run on h3: against the fastest stock host (h2, 10 s)
+    assert "Stock splatfacto (no flags) over 3 runs: 30.00 ± 1.00 dB (29.00-31.00)" in report.table(data)
+
+
+def test_untimed_runs_enter_no_speed_figure():
+    data = _results([_run("splatfacto", seconds=20.0), _run("splatfacto", seconds=5.0, timed=False),
+                     _run(seconds=10.0), _run(seconds=1.0, timed=False, psnr=32.0)])
+    stock, argp = _rows(data)["splatfacto"], _rows(data)["splatfacto-argp"]
+    assert argp[1:4] == ["2", "1", "31.00 ± 1.41"]  # quality over both runs
+    assert (argp[9], argp[10], argp[12], argp[13]) == ("10", "2.00x", "0.10", "10000")  # speed over the timed one only
+    assert (stock[9], stock[10]) == ("20", "1.00x")
+    only_untimed = _results([_run("splatfacto", seconds=20.0), _run(seconds=1.0, timed=False)])
+    assert _rows(only_untimed)["splatfacto-argp"][9:11] == ["–", "–"]
+
+
+def test_commits_never_share_a_row(tmp_path):
+    data = _results([_run(commit="c1", psnr=30.0), _run(commit="c2", psnr=20.0), _run(commit="c1", psnr=32.0),
+                     {**_run(psnr=25.0), "commit": None}])
+    rows = _rows(data)
+    assert rows["splatfacto-argp @c1"][1:4] == ["2", "2", "31.00 ± 1.41"]
+    assert rows["splatfacto-argp @c2"][1:4] == ["1", "1", "20.00"]
+    assert rows["splatfacto-argp @unknown"][1:4] == ["1", "1", "25.00"]
+    report.plot(data, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_step_marks_give_it_per_second_by_third():
+    marks = {"100": [1.0, 50], "200": [3.0, 50], "300": [4.0, 20]}
+    data = _results([_run(marks=marks), _run(marks={k: [2 * v[0], v[1]] for k, v in marks.items()})])
+    assert _rows(data)["splatfacto-argp"][11] == "75 / 38 / 75"
+
+
+@pytest.mark.parametrize("name", ["fox-quick.json", "lego-quick.json"])
+def test_stored_files_load_validate_and_render(name, tmp_path):
+    path = tmp_path / name
+    shutil.copy(RESULTS / name, path)
+    data = report.load_results(path, *name[:-5].split("-"), 0.5, "NVIDIA H100 80GB HBM3")
+    report.validate(data)
+    keys = [(r["method"], r.get("variant")) for r in data["runs"]]
+    assert [r["repeat"] for r in data["runs"]] == [keys[:i].count(k) for i, k in enumerate(keys)]
+    text = report.render(data, path)
+    assert text.count("\n| splatfacto") == len(data["runs"])  # old runs: one commit ("unknown"), one row each
+    assert path.with_suffix(".png").stat().st_size > 0
+
+
+def test_report_merges_files_and_refuses_other_gpus(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    report.write_outputs(_results([_run(), _run()]), a)
+    report.write_outputs(_results([_run(variant="v")]), b)
+    report.main(["merge", str(a), str(b)])
+    data = json.loads(a.read_text())
+    assert [(r.get("variant"), r["repeat"]) for r in data["runs"]] == [(None, 0), (None, 1), ("v", 0)]
+    other = _results([_run()])
+    other["gpu"] = "another"
+    report.write_outputs(other, b)
     with pytest.raises(SystemExit, match="not merged"):
-        report.load_results(results, "demo", "quick", 0.5, "NVIDIA H100 80GB HBM3")
-    assert results.read_text() == before
+        report.main(["merge", str(a), str(b)])
+    assert len(json.loads(a.read_text())["runs"]) == 3
 
 
 def test_variant_parsing():
     assert run.parse_variant("x=splatfacto-argp:--pipeline.model.irp-mode hidden") == (
         "x", "splatfacto-argp", ["--pipeline.model.irp-mode", "hidden"])
-
-
-def _run(variant, seconds, host, psnr=30.0, n=100, marks=None):
-    """A results entry with what table() reads."""
-    return {"method": "splatfacto" if variant.startswith("stock") else "splatfacto-argp", "variant": variant,
-            "config": {"max_num_iterations": 300}, "psnr": psnr, "ssim": 0.9, "lpips": None, "gaussians_final": n,
-            "gaussians_peak": n, "train_seconds": seconds, "steps_per_second": 300 / seconds, "peak_gpu_mem_mb": None,
-            "render_ms": None, "fps": None, "ply_bytes": None, "prune_events": [], "host": host, "step_marks": marks or {}}
-
-
-def test_table_pairs_speed_with_the_same_host_and_shows_the_spread():
-    marks = {"100": [1.0, 50], "200": [3.0, 50], "300": [4.0, 20]}
-    data = {"scene": "demo", "protocol": "quick", "scale": 0.5, "gpu": "g", "date": "2026-01-01", "command": "c",
-            "runs": [_run("stock-a", 20.0, "h1", 29.0), _run("stock-b", 10.0, "h2", 31.0),
-                     _run("m1", 16.0, "h1", n=20, marks=marks), _run("m2", 16.0, "h3", n=20)]}
-    rows = {line.split(" | ")[0]: line.split(" | ") for line in report.table(data).splitlines() if line.startswith("| splat")}
-    assert rows["| splatfacto-argp (m1)"][8] == "1.25x"  # against h1's stock run (20 s)
-    assert rows["| splatfacto-argp (m2)"][8] == "0.62x*"  # no stock run on h3: against the fastest (10 s)
-    assert rows["| splatfacto-argp (m1)"][6] == "20.0"  # Gaussians against the fastest stock run (100)
-    assert rows["| splatfacto-argp (m1)"][10] == "100 / 50 / 100"  # it/s by third from the step marks
-    assert "Stock splatfacto over 2 runs: 10-20 s, 29.00-31.00 dB" in report.table(data)
