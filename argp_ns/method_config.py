@@ -17,6 +17,7 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from argp_ns.model import SplatfactoArgpModelConfig, SplatfactoSafeguardModelConfig
+from argp_ns.trainer import ArgpTrainerConfig
 
 
 def splatfacto_optimizers(max_steps: int = 30000) -> dict:
@@ -36,8 +37,8 @@ def splatfacto_optimizers(max_steps: int = 30000) -> dict:
 
 
 def splatfacto_trainer(method_name: str, model: SplatfactoModelConfig) -> TrainerConfig:
-    """A TrainerConfig shaped like nerfstudio's ``splatfacto`` around ``model``."""
-    return TrainerConfig(
+    """A TrainerConfig shaped like nerfstudio's ``splatfacto`` around ``model`` (checked before the run folder is written)."""
+    return ArgpTrainerConfig(
         method_name=method_name,
         steps_per_eval_image=100,
         steps_per_eval_batch=0,

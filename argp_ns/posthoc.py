@@ -22,14 +22,22 @@ import yaml
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.models.splatfacto import SplatfactoModelConfig
 
+from argp_ns.checks import ConfigError, check_model, check_writable, resolve_checkpoint
 from argp_ns.model import SplatfactoSafeguardModelConfig
-from argp_ns.strategy import prune
+from argp_ns.strategy import PruneError, prune
+from argp_ns.trainer import as_argp_config
 
 Method = Literal["safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat", "argp"]
 
 
 class PosthocError(RuntimeError):
     """A post-hoc prune that cannot start; nothing was written."""
+
+
+def as_flag(message: str) -> str:
+    """A check's message with its leading setting written as this command's flag (``top_k`` -> ``--top-k``)."""
+    name, _, rest = message.partition(" ")
+    return f"--{name.replace('_', '-')} {rest}" if name in {f.name for f in dataclasses.fields(Prune)} else message
 
 
 def load_run(load_config: Path, **overrides):
@@ -61,44 +69,77 @@ class Prune:
     method: Method = "safeguard"
     """safeguard / efficientgs (per-pixel top-k), lightgaussian, minisplatting, radsplat, or argp (keep by recovery score)."""
     top_k: int = 1
+    """safeguard / efficientgs: keep every Gaussian that is among some pixel's top-k (k >= 1; 1..32 on the CUDA pass)."""
     score: str = "safeguard"
+    """safeguard: the score that ranks each pixel's Gaussians: 'safeguard' (alpha_t*l1, code 36), 'efficientgs'
+    (alpha_t), a family code (3, 4, 8, 9, 36, 39, 40, 52, 57; hex like 0x24 too), or factors joined by '*': a base
+    (alpha_t, alpha, opacity_t, opacity), optionally exp (distance), and a colour term (l1, cosine, exp_l1)."""
     topk_scope: Literal["pixel", "tile"] = "pixel"
+    """safeguard / efficientgs: pixel (the paper: each pixel's top-k) or tile (the released CUDA: per-tile top-k of per-batch last contributors)."""
     keep_ratio: float = 0.1
-    """minisplatting and argp: fraction kept."""
+    """minisplatting and argp: fraction of the Gaussians kept, in (0, 1)."""
     prune_ratio: float = 0.6
+    """lightgaussian: fraction of the Gaussians pruned (the lowest significance), in (0, 1)."""
     radsplat_threshold: float = 0.01
+    """radsplat: prune the Gaussians whose largest blending weight over all training rays is below this (> 0; 0.25 for RadSplat-Light)."""
     score_backend: Literal["auto", "cuda", "torch"] = "auto"
+    """Score pass: the CUDA kernel where it builds (auto, cuda) or the PyTorch twin (torch; the CPU always uses the twin)."""
     finetune_steps: int = 0
     """Train the pruned model this many more steps (no densification, no further prune); 0: prune only."""
 
     def main(self) -> None:
         try:
             self.run()
-        except PosthocError as err:
+        except (PosthocError, ConfigError, PruneError) as err:
             raise SystemExit(f"argp-ns prune: {err}") from None
 
     def _check(self) -> TrainerConfig:
+        """Everything that needs no model, before anything is loaded or written: the flags, the output folder,
+        the run's config, its dataset and its checkpoint."""
         if self.finetune_steps < 0:
             raise PosthocError(f"finetune-steps must be >= 0, got {self.finetune_steps}")
+        self._check_flags()
         if self.output_dir.exists():
             raise PosthocError(f"output directory {self.output_dir} exists; nothing was overwritten")
-        if not self.load_config.is_file():
-            raise PosthocError(f"no config at {self.load_config}")
-        config = yaml.load(self.load_config.read_text(), Loader=yaml.Loader)
-        if not isinstance(config, TrainerConfig) or not isinstance(config.pipeline.model, SplatfactoModelConfig):
-            name = getattr(config, "method_name", "?")
-            raise PosthocError(f"{self.load_config} is a {name} run, not a splatfacto method")
+        check_writable(self.output_dir)
+        config = self._read_config()
         data = config.pipeline.datamanager.data or config.pipeline.datamanager.dataparser.data
         if data is None or not Path(data).exists():
             raise PosthocError(f"the run's dataset {data} is missing (the score pass needs its training images)")
+        resolve_checkpoint(config.get_checkpoint_dir(), config.load_step, fall_back=False)  # the one eval_setup loads
+        return config
+
+    def _overrides(self) -> dict:
+        """The ``splatfacto-safeguard`` model settings this prune runs with."""
+        return dict(prune_method="minisplatting" if self.method == "argp" else self.method, top_k=self.top_k,
+                    score=self.score, topk_scope=self.topk_scope, keep_ratio=self.keep_ratio,
+                    prune_ratio=self.prune_ratio, radsplat_threshold=self.radsplat_threshold, score_backend=self.score_backend)
+
+    def _check_flags(self) -> None:
+        """The flags, by the checks training runs (the strategy's ``check_config``), named as this command's flags."""
+        model = SplatfactoSafeguardModelConfig(**self._overrides())
+        try:
+            check_model(model, max_steps=model.prune_step + 1)  # a post-hoc prune has no schedule to fit in
+        except ConfigError as err:
+            raise ConfigError(as_flag(str(err))) from None
+
+    def _read_config(self) -> TrainerConfig:
+        """The run's config.yml: a nerfstudio TrainerConfig of a splatfacto-family method."""
+        if not self.load_config.is_file():
+            raise PosthocError(f"no config at {self.load_config}")
+        try:
+            config = yaml.load(self.load_config.read_text(), Loader=yaml.Loader)
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise PosthocError(f"{self.load_config} is not a nerfstudio config.yml ({str(err).splitlines()[0]})") from None
+        if not isinstance(config, TrainerConfig):
+            raise PosthocError(f"{self.load_config} is not a nerfstudio config.yml (it holds no TrainerConfig)")
+        if not isinstance(config.pipeline.model, SplatfactoModelConfig):
+            raise PosthocError(f"{self.load_config} is a {config.method_name} run, not a splatfacto method")
         return config
 
     def run(self) -> Path:
         self._check()
-        overrides = dict(prune_method="minisplatting" if self.method == "argp" else self.method, top_k=self.top_k,
-                         score=self.score, topk_scope=self.topk_scope, keep_ratio=self.keep_ratio,
-                         prune_ratio=self.prune_ratio, radsplat_threshold=self.radsplat_threshold, score_backend=self.score_backend)
-        config, pipeline, ckpt, step = load_run(self.load_config, **overrides)
+        config, pipeline, ckpt, step = load_run(self.load_config, **self._overrides())
         model = pipeline.model
         n_before, psnr_before = model.num_points, model.eval_psnr()
         scores = self._scores(model)
@@ -155,7 +196,8 @@ class Prune:
         return model.strategy.prune_mask(model.gauss_params, scores)
 
     def _write(self, config: TrainerConfig, pipeline, step: int, ckpt: Path, saved: dict):
-        out = copy.deepcopy(config)
+        """The new run (config.yml, dataparser transforms, checkpoint); a failed write leaves no output folder."""
+        out = as_argp_config(copy.deepcopy(config))
         out.method_name = "splatfacto-safeguard"
         out.output_dir = self.output_dir
         out.timestamp = "pruned"
@@ -165,11 +207,15 @@ class Prune:
         out.pipeline.model.prune_step = step
         run_dir = out.get_base_dir()
         ckpt_dir = out.get_checkpoint_dir()
-        ckpt_dir.mkdir(parents=True)
-        out.save_config()
-        transforms = self.load_config.parent / "dataparser_transforms.json"
-        if transforms.exists():
-            shutil.copy(transforms, run_dir / transforms.name)
-        torch.save({"step": step, "pipeline": pipeline.state_dict(), "optimizers": saved["optimizers"],
-                    "schedulers": saved.get("schedulers", {}), "scalers": saved.get("scalers", {})}, ckpt_dir / ckpt.name)
+        try:
+            ckpt_dir.mkdir(parents=True)
+            TrainerConfig.save_config(out)  # nerfstudio's writer: the training checks (device, schedule) are not for a written prune
+            transforms = self.load_config.parent / "dataparser_transforms.json"
+            if transforms.exists():
+                shutil.copy(transforms, run_dir / transforms.name)
+            torch.save({"step": step, "pipeline": pipeline.state_dict(), "optimizers": saved["optimizers"],
+                        "schedulers": saved.get("schedulers", {}), "scalers": saved.get("scalers", {})}, ckpt_dir / ckpt.name)
+        except OSError as err:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+            raise PosthocError(f"cannot write the new run in {self.output_dir} ({err}); nothing was left") from None
         return out, run_dir

@@ -1,0 +1,133 @@
+"""Up-front checks shared by ``ns-train`` (our methods), ``argp-ns prune`` and nerfstudio's loaders.
+
+Each check raises :class:`ConfigError` with one line naming the real cause (a bad flag, a missing
+path, an unreadable checkpoint, a folder that cannot be written); the commands print that line and
+stop before they write anything. Nothing here loads a model or renders.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import List, Optional, Tuple
+
+import torch
+
+from argp_ns.scores import ScoreSpec
+
+CHECKPOINT = re.compile(r"^step-(\d+)\.ckpt$")
+VALID_SCORES = ("'safeguard', 'efficientgs', a family code (3, 4, 8, 9, 36, 39, 40, 52, 57; hex like 0x24 too), or factors "
+                "joined by '*': a base (alpha_t, alpha, opacity_t, opacity), optionally exp, and a colour term (l1, cosine, exp_l1)")
+
+
+class ConfigError(ValueError):
+    """A bad input found before any work: its message is the one line the user sees."""
+
+
+def check_device(device_type: str) -> None:
+    """A CUDA run needs a CUDA GPU; say how to run on the CPU instead of torch's driver traceback."""
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("no CUDA GPU found (torch.cuda.is_available() is False); add --machine.device-type cpu "
+                          "to train on the CPU (slow: tiny scenes only, e.g. `argp-ns demo`)")
+
+
+def check_data(data: Optional[Path]) -> None:
+    """The data path (a folder or a transforms file) must exist."""
+    if data is None or not Path(data).exists():
+        raise ConfigError(f"the data path {data} does not exist")
+
+
+def check_score(score: str) -> None:
+    """A SafeguardGS score must parse; the message lists what is valid."""
+    try:
+        ScoreSpec.parse(score)
+    except ValueError:
+        raise ConfigError(f"score {score!r} is not valid; use {VALID_SCORES}") from None
+
+
+def model_strategy(model_config):
+    """The pruning strategy a model of this config would build, from the config alone (no data, no
+    parameters): the model class's own ``splatfacto_strategy_kwargs`` and ``make_strategy`` on a stand-in
+    that has only the config."""
+    model_cls = model_config._target
+    stand_in = SimpleNamespace(config=model_config, num_train_data=1)
+    return model_cls.make_strategy(stand_in, model_cls.splatfacto_strategy_kwargs(stand_in))
+
+
+def check_model(model_config, max_steps: int) -> None:
+    """Our model flags (score, ratios, schedule against the run's ``max_steps``); other models pass."""
+    from argp_ns.model import PruningModelConfig
+
+    if not isinstance(model_config, PruningModelConfig):
+        return
+    if hasattr(model_config, "score"):
+        check_score(model_config.score)
+    try:
+        model_strategy(model_config).check_config(max_steps)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def check_writable(output_dir: Path) -> None:
+    """``output_dir`` (which need not exist yet) can be created: its nearest existing parent is a folder
+    in which a folder can be made and removed again."""
+    parent = Path(output_dir).absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot create {output_dir}: {parent} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".argp-ns-write-test-", dir=parent))
+    except OSError as err:
+        raise ConfigError(f"cannot create {output_dir}: {parent} is not writable ({err.strerror})") from None
+
+
+def checkpoint_readable(path: Path) -> bool:
+    """True when ``path`` is an intact torch checkpoint: a zip archive whose every member passes its CRC
+    (a save killed midway leaves a file without the archive's directory, which this catches)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return False
+
+
+def checkpoints(load_dir: Path) -> List[Tuple[int, Path]]:
+    """The ``step-N.ckpt`` files of a checkpoint folder as (step, path), newest first."""
+    found = [(int(m.group(1)), load_dir / name) for name in os.listdir(load_dir) if (m := CHECKPOINT.match(name))]
+    return sorted(found, reverse=True)
+
+
+def unreadable(path: Path) -> str:
+    """The one line for a checkpoint that cannot be read."""
+    return f"checkpoint {path} is unreadable (corrupt or truncated)"
+
+
+def resolve_checkpoint(load_dir: Path, load_step: Optional[int], fall_back: bool) -> Tuple[int, Path, List[Path]]:
+    """The checkpoint to load from ``load_dir`` (``load_step``'s, else the newest) as (step, path, skipped).
+
+    With ``fall_back``, unreadable newer checkpoints are skipped for the newest intact one and returned in
+    ``skipped``; without it, an unreadable one is an error. A missing folder, a folder without checkpoints, a
+    missing ``load_step`` or no intact checkpoint raise :class:`ConfigError`."""
+    if not Path(load_dir).is_dir():
+        raise ConfigError(f"checkpoint folder {load_dir} does not exist")
+    found = checkpoints(Path(load_dir))
+    if not found:
+        raise ConfigError(f"no checkpoint (step-*.ckpt) in {load_dir}")
+    if load_step is not None:
+        found = [(s, p) for s, p in found if s == load_step]
+        if not found:
+            raise ConfigError(f"no checkpoint for step {load_step} in {load_dir}")
+    fall_back = fall_back and load_step is None  # a step asked for by name is never swapped for another
+    skipped: List[Path] = []
+    for step, path in found:
+        if checkpoint_readable(path):
+            return step, path, skipped
+        if not fall_back:
+            raise ConfigError(unreadable(path))
+        skipped.append(path)
+    raise ConfigError(f"no intact checkpoint in {load_dir}; unreadable (corrupt or truncated): " + ", ".join(p.name for p in skipped))

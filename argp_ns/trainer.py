@@ -1,0 +1,158 @@
+"""nerfstudio's TrainerConfig and Trainer for our methods: a bad input ends in one line and leaves no run folder.
+
+``ns-train`` (nerfstudio's ``scripts/train.py`` ``main``) calls ``config.save_config()``, which makes the run
+folder, before it builds the Trainer. :meth:`ArgpTrainerConfig.save_config` first checks the device, the data
+path, the checkpoint a resume loads (the newest intact one, an unreadable newer one skipped with one line) and
+our model flags against the run's length (:mod:`argp_ns.checks`). A failure in :meth:`ArgpTrainer.setup` (a
+data file missing, a flag refused by the model) removes the run folder this process made, while it holds no
+checkpoint. Loading one of our runs from its config.yml (``ns-eval``, ``ns-export``, ``ns-viewer``,
+``argp-ns prune``) makes nerfstudio's ``eval_setup`` check the run's checkpoint before ``torch.load``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Literal, Type
+
+from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from argp_ns.checks import CHECKPOINT, ConfigError, check_data, check_device, check_model, checkpoint_readable, resolve_checkpoint, unreadable
+
+_IMPORTED_AT = time.time()
+_NEW_RUN_DIRS: Dict[Path, Path] = {}
+"""Run folder -> the outermost folder that :meth:`ArgpTrainerConfig.save_config` created for it in this process."""
+
+
+def fail(err: ConfigError) -> SystemExit:
+    """The one-line exit for a bad input."""
+    return SystemExit(f"argp_ns: {err}")
+
+
+@dataclass
+class ArgpTrainerConfig(TrainerConfig):
+    """nerfstudio's TrainerConfig, checked before the run folder is written."""
+
+    _target: Type = field(default_factory=lambda: ArgpTrainer)
+
+    def check(self) -> None:
+        """Device, data path, resume checkpoint and model flags; raises :class:`ConfigError`."""
+        check_device(self.machine.device_type)
+        datamanager = self.pipeline.datamanager
+        check_data(datamanager.data or datamanager.dataparser.data)
+        check_model(self.pipeline.model, self.first_step() + self.max_num_iterations)
+
+    def first_step(self) -> int:
+        """The run's first step: 0, or one past the checkpoint a resume loads. With ``load_dir``, that is the
+        newest intact checkpoint (or ``load_step``'s); it is set as ``load_step`` for nerfstudio's loader."""
+        if self.load_dir is not None:
+            step, path, skipped = resolve_checkpoint(self.load_dir, self.load_step, fall_back=True)
+            if skipped:
+                CONSOLE.print(f"argp_ns: {', '.join(p.name for p in skipped)} unreadable (corrupt or truncated); "
+                              f"resuming from {path}", markup=False, soft_wrap=True)
+            self.load_step = step
+            return step + 1
+        if self.load_checkpoint is not None:
+            if not checkpoint_readable(self.load_checkpoint):
+                raise ConfigError(unreadable(self.load_checkpoint))
+            named = CHECKPOINT.match(Path(self.load_checkpoint).name)
+            return int(named.group(1)) + 1 if named else 0
+        return 0
+
+    def save_config(self) -> None:
+        """Check everything, then write the run folder and its config.yml (nerfstudio's), remembering which
+        folders this made."""
+        try:
+            self.check()
+        except ConfigError as err:
+            raise fail(err) from None
+        base = self.get_base_dir().absolute()
+        outermost = base
+        while not outermost.parent.exists():
+            outermost = outermost.parent
+        made = not base.exists()
+        super().save_config()
+        if made:
+            _NEW_RUN_DIRS[base] = outermost
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        """Loading a run's config.yml (PyYAML and copy call this): arm the checkpoint check of ``eval_setup``."""
+        self.__dict__.update(state)
+        guard_eval_checkpoints()
+
+
+class ArgpTrainer(Trainer):
+    """nerfstudio's Trainer; a failed setup removes the run folder this process made (while it holds no checkpoint)."""
+
+    config: ArgpTrainerConfig
+
+    def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
+        try:
+            super().setup(test_mode=test_mode)
+        except OSError as err:  # a data file missing or unreadable
+            self.remove_new_run_dir()
+            where = f"{err.strerror}: {err.filename}" if err.filename else str(err)
+            raise SystemExit(f"argp_ns: {where}") from None
+        except BaseException:
+            self.remove_new_run_dir()
+            raise
+
+    def remove_new_run_dir(self) -> None:
+        """Remove the run folder (and the parents made with it) if this process made it and it holds no checkpoint."""
+        base = self.base_dir.absolute()
+        outermost = _NEW_RUN_DIRS.get(base)
+        if outermost is None or any(self.checkpoint_dir.glob("*.ckpt")):
+            return
+        shutil.rmtree(outermost, ignore_errors=True)
+        del _NEW_RUN_DIRS[base]
+
+
+def as_argp_config(config: TrainerConfig) -> ArgpTrainerConfig:
+    """The same settings as an :class:`ArgpTrainerConfig` (for runs written by ``argp-ns prune``)."""
+    if isinstance(config, ArgpTrainerConfig):
+        return config
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainerConfig) if f.init and f.name != "_target"}
+    return ArgpTrainerConfig(**values)
+
+
+def guard_eval_checkpoints() -> None:
+    """Wrap nerfstudio's ``eval_load_checkpoint`` (once it is imported): for our runs, a missing or unreadable
+    checkpoint ends in one line instead of torch's traceback, and the empty folder ``ns-export`` made is removed."""
+    eval_utils = sys.modules.get("nerfstudio.utils.eval_utils")
+    load = getattr(eval_utils, "eval_load_checkpoint", None)  # absent while eval_utils is still importing
+    if load is None or getattr(load, "__argp_ns_wrapped__", False):
+        return
+
+    @functools.wraps(load)
+    def eval_load_checkpoint(config, pipeline):
+        if isinstance(config, ArgpTrainerConfig):
+            try:
+                resolve_checkpoint(config.load_dir, config.load_step, fall_back=False)
+            except ConfigError as err:
+                remove_new_export_dir()
+                raise fail(err) from None
+        return load(config, pipeline)
+
+    eval_load_checkpoint.__argp_ns_wrapped__ = True
+    eval_utils.eval_load_checkpoint = eval_load_checkpoint
+
+
+def remove_new_export_dir() -> None:
+    """``ns-export`` makes its output folder before it loads the run: remove it if it is empty and not older
+    than this process's import of argp_ns (so a folder the user made before is kept)."""
+    exporter = sys.modules.get("nerfstudio.scripts.exporter")
+    frame = sys._getframe(1)
+    while exporter is not None and frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, exporter.Exporter):
+            out = Path(owner.output_dir)
+            if out.is_dir() and not any(out.iterdir()) and out.stat().st_mtime >= _IMPORTED_AT - 2.0:
+                out.rmdir()
+            return
+        frame = frame.f_back

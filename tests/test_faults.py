@@ -1,0 +1,244 @@
+"""The fault matrix (issue 15): every bad input ends with a non-zero exit and one line naming the problem, leaves
+no run folder or output behind, and changes no existing file.
+
+One tiny splatfacto-argp run on the demo scene is trained once and shared; cases that damage a run (a truncated or
+missing checkpoint) work on a copy. Most cases call the command's Python entry in-process (the exit message is the
+SystemExit's); a few representative ones run the real command and read its stderr.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import pytest
+import torch
+import tyro
+import yaml
+
+from argp_ns.cli import CPU_SCHEDULE
+
+ENV = dict(os.environ, TORCHDYNAMO_DISABLE="1")
+# the demo's CPU schedule cut to 20 steps: densification to 10, IRP rounds at 12 and 16, checkpoints at 10 and 19
+TINY = {**CPU_SCHEDULE, "max-num-iterations": 20, "pipeline.model.warmup-length": 5, "pipeline.model.refine-every": 5,
+        "pipeline.model.stop-split-at": 10, "pipeline.model.irp-start": 12, "pipeline.model.irp-every": 4,
+        "pipeline.model.irp-last": 16}
+MODELS = "nerfstudio_models"
+
+
+def train_args(method: str, scene: Path, out: Path, extra=(), device: Optional[str] = "cpu") -> List[str]:
+    """ns-train's arguments for a tiny run of ``method`` on ``scene`` into ``out`` (no device flag: ``device=None``)."""
+    flags = [f"--{k}={v}" for k, v in TINY.items()]
+    if method == "splatfacto-safeguard":
+        flags = [f for f in flags if "irp" not in f] + ["--pipeline.model.prune-step=15"]
+    dev = ["--machine.device-type", device] if device else []
+    return [method, *dev, "--vis", "tensorboard", "--output-dir", str(out), "--experiment-name", "demo", "--timestamp", "t",
+            "--steps-per-eval-all-images=1000000", "--steps-per-save=10", "--save-only-latest-checkpoint=False",
+            "--pipeline.model.background-color=white", "--pipeline.model.report-psnr=off", *flags, *extra, "blender-data", "--data", str(scene), "--ply-path", "points3d.ply"]
+
+
+def train_main(argv: List[str]) -> None:
+    """nerfstudio's ns-train, in-process."""
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+    from nerfstudio.scripts.train import main
+
+    main(tyro.cli(AnnotatedBaseConfigUnion, args=argv))
+
+
+def hashes(*roots: Path) -> Dict[str, str]:
+    """sha256 of every file under ``roots`` (folders or files)."""
+    files = [p for r in roots for p in ([r] if r.is_file() else sorted(r.rglob("*")))]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_scene, tmp_path_factory) -> Path:
+    """config.yml of a 20-step splatfacto-argp run on the demo scene (checkpoints at steps 10 and 19)."""
+    out = tmp_path_factory.mktemp("faults-run")
+    train_main(train_args("splatfacto-argp", demo_scene, out))
+    config = out / "demo" / "splatfacto-argp" / "t" / "config.yml"
+    assert sorted(p.name for p in (config.parent / MODELS).iterdir()) == ["step-000000010.ckpt", "step-000000019.ckpt"]
+    return config
+
+
+def copy_run(config: Path, dst: Path) -> Path:
+    """A copy of the run (its whole output tree) under ``dst``, its config.yml pointing at the copy."""
+    root = config.parents[3]
+    shutil.copytree(root, dst)
+    new = dst / config.relative_to(root)
+    cfg = yaml.load(new.read_text(), Loader=yaml.Loader)
+    cfg.output_dir = dst
+    new.write_text(yaml.dump(cfg))
+    return new
+
+
+def truncate(path: Path) -> None:
+    """Cut a checkpoint to half its size, as a kill during its save leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@dataclass
+class Ctx:
+    """What a case works with: the shared run, the scene, a scratch folder, and where its output must not appear."""
+
+    run: Path
+    scene: Path
+    tmp: Path
+    out: Path
+    watched: Dict[str, str] = field(default_factory=dict)
+
+    def watch(self, path: Path) -> Path:
+        """Record the files of a case's own input (a damaged copy, a bad config, a data folder) as they are now."""
+        self.watched.update(hashes(path))
+        return path
+
+    def damaged_copy(self, damage: Callable[[Path], None]) -> Path:
+        """A watched copy of the run with ``damage`` applied to its checkpoint folder."""
+        config = copy_run(self.run, self.tmp / "copy")
+        damage(config.parent / MODELS)
+        self.watch(self.tmp / "copy")
+        return config
+
+
+def exit_message(call: Callable[[], None]) -> str:
+    """Run an entry point in-process; it must exit non-zero with a message (the one line Python prints)."""
+    with pytest.raises(SystemExit) as exc:
+        call()
+    assert isinstance(exc.value.code, str), f"exit code {exc.value.code!r} without a message"
+    return exc.value.code
+
+
+def prune(ctx: Ctx, *args: str, config: Optional[Path] = None) -> str:
+    from argp_ns.posthoc import Prune
+
+    argv = ["--load-config", str(config or ctx.run), "--output-dir", str(ctx.out), *args]
+    return exit_message(lambda: tyro.cli(Prune, args=argv).main())
+
+
+def ns_train(ctx: Ctx, method: str = "splatfacto-argp", extra=(), scene: Optional[Path] = None) -> str:
+    argv = train_args(method, scene or ctx.scene, ctx.out, extra)
+    return exit_message(lambda: train_main(argv))
+
+
+def command(ctx: Ctx, *cmd: str) -> str:
+    """Run a real command: non-zero exit, no traceback, exactly one ``argp`` line on stderr, and it is the last."""
+    proc = subprocess.run(list(cmd), env=ENV, capture_output=True, text=True, cwd=ctx.tmp)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    ours = [line for line in lines if line.startswith(("argp_ns:", "argp-ns"))]
+    assert len(ours) == 1 and lines[-1] == ours[0], proc.stderr[-3000:]
+    return ours[0]
+
+
+def empty_models(models: Path) -> None:
+    for ckpt in models.glob("*.ckpt"):
+        ckpt.unlink()
+
+
+def truncate_newest(models: Path) -> None:
+    truncate(max(models.glob("*.ckpt")))
+
+
+def not_yaml(ctx: Ctx) -> str:
+    bad = ctx.tmp / "config.yml"
+    bad.write_text("method_name: [splatfacto-argp\n  pipeline: {\n")
+    return prune(ctx, config=ctx.watch(bad))
+
+
+def data_without_images(ctx: Ctx) -> Path:
+    """The demo scene's transforms and points without its images."""
+    data = ctx.tmp / "no-images"
+    data.mkdir()
+    for f in ctx.scene.glob("*.*"):
+        shutil.copy(f, data / f.name)
+    return ctx.watch(data)
+
+
+def empty_data(ctx: Ctx) -> Path:
+    data = ctx.tmp / "empty"
+    data.mkdir()
+    return ctx.watch(data)
+
+
+def ns_eval(ctx: Ctx, config: Path) -> str:
+    from nerfstudio.scripts.eval import ComputePSNR
+
+    return exit_message(lambda: ComputePSNR(load_config=config, output_path=ctx.out / "metrics.json").main())
+
+
+# case id -> (run the case and return its one line, a fragment that line must hold)
+CASES: Dict[str, tuple] = {
+    # argp-ns prune
+    "prune-argp-keep-ratio-0": (lambda c: prune(c, "--method", "argp", "--keep-ratio", "0"), "--keep-ratio must be in (0, 1), got 0.0"),
+    "prune-argp-keep-ratio-1.5": (lambda c: prune(c, "--method", "argp", "--keep-ratio", "1.5"), "--keep-ratio must be in (0, 1), got 1.5"),
+    "prune-minisplatting-keep-ratio-0": (lambda c: prune(c, "--method", "minisplatting", "--keep-ratio", "0"), "--keep-ratio must be in (0, 1)"),
+    "prune-top-k-0": (lambda c: prune(c, "--top-k", "0"), "--top-k must be >= 1, got 0"),
+    "prune-top-k-negative": (lambda c: prune(c, "--top-k", "-3"), "--top-k must be >= 1, got -3"),
+    "prune-lightgaussian-prune-ratio-1": (lambda c: prune(c, "--method", "lightgaussian", "--prune-ratio", "1.0"), "--prune-ratio must be in (0, 1), got 1.0"),
+    "prune-score-nonsense": (lambda c: prune(c, "--score", "nonsense"), "--score 'nonsense' is not valid; use 'safeguard', 'efficientgs'"),
+    "prune-truncated-checkpoint": (lambda c: prune(c, config=c.damaged_copy(truncate_newest)), "step-000000019.ckpt is unreadable (corrupt or truncated)"),
+    "prune-empty-checkpoint-folder": (lambda c: prune(c, config=c.damaged_copy(empty_models)), "no checkpoint (step-*.ckpt) in"),
+    "prune-config-not-yaml": (not_yaml, "is not a nerfstudio config.yml"),
+    "prune-output-not-writable": (lambda c: prune(c, "--output-dir", "/proc/argp-ns-test/out"), "cannot create /proc/argp-ns-test/out"),
+    "prune-output-under-a-file": (lambda c: prune(c, "--output-dir", str(c.run / "out")), "is a file, not a folder"),
+    # ns-train
+    "train-prune-quantile-0": (lambda c: ns_train(c, extra=["--pipeline.model.prune-quantile=0"]), "argp_ns: prune_quantile must be in (0, 1), got 0.0"),
+    "train-prune-quantile-1": (lambda c: ns_train(c, extra=["--pipeline.model.prune-quantile=1"]), "argp_ns: prune_quantile must be in (0, 1), got 1.0"),
+    "train-irp-every-0": (lambda c: ns_train(c, extra=["--pipeline.model.irp-every=0"]), "argp_ns: irp_every must be >= 1, got 0"),
+    "train-irp-beyond-the-run": (lambda c: ns_train(c, extra=["--pipeline.model.irp-start=100", "--pipeline.model.irp-last=100"]),
+                                 "argp_ns: irp_last=100 must be before the last training step (20)"),
+    "train-safeguard-top-k-0": (lambda c: ns_train(c, "splatfacto-safeguard", ["--pipeline.model.top-k=0"]), "argp_ns: top_k must be >= 1, got 0"),
+    "train-safeguard-prune-step-beyond-the-run": (lambda c: ns_train(c, "splatfacto-safeguard", ["--pipeline.model.prune-step=100"]),
+                                                  "argp_ns: prune_step=100 must be inside the run (1..19)"),
+    "train-safeguard-score-nonsense": (lambda c: ns_train(c, "splatfacto-safeguard", ["--pipeline.model.score=nonsense"]),
+                                       "argp_ns: score 'nonsense' is not valid; use 'safeguard'"),
+    "train-empty-data-folder": (lambda c: ns_train(c, scene=empty_data(c)), "No such file or directory: "),
+    "train-missing-images": (lambda c: ns_train(c, scene=data_without_images(c)), "No such file or directory: "),
+    "train-resume-no-intact-checkpoint": (
+        lambda c: ns_train(c, extra=["--load-dir", str(c.damaged_copy(lambda m: [truncate(p) for p in m.glob("*.ckpt")]).parent / MODELS)]),
+        "no intact checkpoint in"),
+    "eval-truncated-checkpoint": (lambda c: ns_eval(c, c.damaged_copy(truncate_newest)), "step-000000019.ckpt is unreadable (corrupt or truncated)"),
+    # the real commands
+    "cli-prune-argp-keep-ratio-0": (lambda c: command(c, "argp-ns", "prune", "--load-config", str(c.run), "--output-dir", str(c.out),
+                                                      "--method", "argp", "--keep-ratio", "0"), "argp-ns prune: --keep-ratio must be in (0, 1)"),
+    "cli-train-no-data": (lambda c: command(c, "ns-train", *train_args("splatfacto-argp", Path("/nonexistent"), c.out)),
+                          "argp_ns: the data path /nonexistent does not exist"),
+    "cli-export-truncated-checkpoint": (lambda c: command(c, "ns-export", "gaussian-splat", "--load-config", str(c.damaged_copy(truncate_newest)),
+                                                          "--output-dir", str(c.out)), "step-000000019.ckpt is unreadable (corrupt or truncated)"),
+}
+if not torch.cuda.is_available():
+    CASES["cli-train-without-cuda"] = (lambda c: command(c, "ns-train", *train_args("splatfacto-argp", c.scene, c.out, device=None)),
+                                       "argp_ns: no CUDA GPU found (torch.cuda.is_available() is False); add --machine.device-type cpu")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_ends_in_one_line_and_leaves_nothing(case, demo_run, demo_scene, tmp_path):
+    ctx = Ctx(run=demo_run, scene=demo_scene, tmp=tmp_path, out=tmp_path / "out")
+    before = hashes(demo_run.parents[3], demo_scene)
+    run_case, expected = CASES[case]
+    line = run_case(ctx)
+    assert "\n" not in line and line.startswith(("argp_ns:", "argp-ns prune:")), line
+    assert expected in line, line
+    assert not ctx.out.exists(), sorted(ctx.out.rglob("*"))
+    assert hashes(demo_run.parents[3], demo_scene) == before
+    assert {path: hashes(Path(path)).get(path) for path in ctx.watched} == ctx.watched
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(demo_run, demo_scene, tmp_path, capsys):
+    """A kill during a save leaves the newest checkpoint truncated: the resume says so in one line and continues
+    from the newest intact one (step 10), for --max-num-iterations more steps."""
+    models = copy_run(demo_run, tmp_path / "copy").parent / MODELS
+    truncate_newest(models)
+    before = hashes(models)
+    train_main(train_args("splatfacto-argp", demo_scene, tmp_path / "out", ["--load-dir", str(models), "--max-num-iterations=8"]))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "unreadable" in line]
+    assert lines == [f"argp_ns: step-000000019.ckpt unreadable (corrupt or truncated); resuming from {models / 'step-000000010.ckpt'}"]
+    resumed = tmp_path / "out" / "demo" / "splatfacto-argp" / "t" / MODELS
+    assert max(p.name for p in resumed.glob("*.ckpt")) == "step-000000018.ckpt"  # steps 11..18
+    assert hashes(models) == before
