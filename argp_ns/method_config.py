@@ -67,3 +67,25 @@ splatfacto_safeguard = MethodSpecification(
     config=splatfacto_trainer("splatfacto-safeguard", SplatfactoSafeguardModelConfig()),
     description="splatfacto + SafeguardGS: one pixel-level top-k prune (or LightGaussian/Mini-Splatting/RadSplat/EfficientGS).",
 )
+
+
+def splatfacto_big_trainer(method_name: str, model: SplatfactoModelConfig) -> TrainerConfig:
+    """:func:`splatfacto_trainer` with the rest of nerfstudio's ``splatfacto-big`` changes: the bilateral grid's
+    learning rate 5e-3. Its model fields (cull_alpha_thresh 0.005, densify_grad_thresh 0.0005) are set on ``model``."""
+    config = splatfacto_trainer(method_name, model)
+    config.optimizers["bilateral_grid"]["optimizer"].lr = 5e-3
+    return config
+
+
+# splatfacto-big resets opacities to 2 x cull_alpha_thresh = 0.01; ARGP sets that value directly (AOP replaces the cull)
+splatfacto_argp_big = MethodSpecification(
+    config=splatfacto_big_trainer("splatfacto-argp-big", SplatfactoArgpModelConfig(
+        cull_alpha_thresh=0.005, densify_grad_thresh=0.0005, reset_opacity_value=0.01)),
+    description="splatfacto-argp on splatfacto-big's settings (denser growth, opacity reset to 0.01).",
+)
+
+splatfacto_safeguard_big = MethodSpecification(
+    config=splatfacto_big_trainer("splatfacto-safeguard-big", SplatfactoSafeguardModelConfig(
+        cull_alpha_thresh=0.005, densify_grad_thresh=0.0005)),
+    description="splatfacto-safeguard on splatfacto-big's settings (denser growth, opacity cull 0.005).",
+)

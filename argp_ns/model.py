@@ -360,7 +360,8 @@ class SplatfactoArgpModel(PruningModel):
         base["prune_opa"] = c.reset_opacity_value / 2.0
         mark_ratio, recover_ratio = c.irp_ratios()
         return ArgpStrategy(**base, prune_quantile=c.prune_quantile, opacity_floor=c.aop_opacity_floor, irp_start=c.irp_start, irp_every=c.irp_every,
-                            irp_last=c.irp_last, mark_ratio=mark_ratio, recover_ratio=recover_ratio, irp_mode=c.irp_mode)
+                            irp_last=c.irp_last, mark_ratio=mark_ratio, recover_ratio=recover_ratio, irp_mode=c.irp_mode,
+                            budget=c.budget)
 
     def score_pass_options(self) -> Dict[str, Any]:
         return {"k": 1, "tile_scope": False, "recovery": True}
@@ -399,10 +400,18 @@ class SplatfactoSafeguardModel(PruningModel):
         ScoreSpec.parse(c.score)  # fail at start on an unknown score
         return SafeguardStrategy(**base, prune_step=c.prune_step, prune_method=c.prune_method, top_k=c.top_k,
                                  topk_scope=c.topk_scope, prune_ratio=c.prune_ratio, keep_ratio=c.keep_ratio,
-                                 minisplatting_sampling=c.minisplatting_sampling, radsplat_threshold=c.radsplat_threshold)
+                                 minisplatting_sampling=c.minisplatting_sampling, radsplat_threshold=c.radsplat_threshold,
+                                 budget=c.budget)
 
+    budget: int = 0
+    """Final number of Gaussians (0: off). The IRP recover ratio is solved from the count at the first round so that the
+    last round lands on it by recovery score; a count already within it after densification: AOP only."""
     def score_spec(self) -> ScoreSpec:
         return ScoreSpec.parse("efficientgs" if self.config.prune_method == "efficientgs" else self.config.score)
 
     def score_pass_options(self) -> Dict[str, Any]:
-        return {"k": self.config.top_k, "tile_scope": self.config.topk_scope == "tile", "recovery": False}
+        return {"k": self.config.top_k, "tile_scope": self.config.topk_scope == "tile", "recovery": False,
+                "counts": self.config.budget > 0 and self.config.prune_method in ("safeguard", "efficientgs")}
+    budget: int = 0
+    """Number of Gaussians the prune keeps (0: off): the best by the rule's own importance (safeguard, efficientgs:
+    top-k union first, by pixels won then summed score), replacing its threshold or ratio."""

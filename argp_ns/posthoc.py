@@ -24,7 +24,7 @@ from nerfstudio.models.splatfacto import SplatfactoModelConfig
 
 from argp_ns.checks import ConfigError, check_model, check_writable, resolve_checkpoint
 from argp_ns.model import SplatfactoSafeguardModelConfig
-from argp_ns.strategy import PruneError, prune
+from argp_ns.strategy import PruneError, check_budget, prune, remove_all_but
 from argp_ns.trainer import as_argp_config
 
 Method = Literal["safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat", "argp"]
@@ -84,6 +84,9 @@ class Prune:
     """radsplat: prune the Gaussians whose largest blending weight over all training rays is below this (> 0; 0.25 for RadSplat-Light)."""
     score_backend: Literal["auto", "cuda", "torch"] = "auto"
     """Score pass: the CUDA kernel where it builds (auto, cuda) or the PyTorch twin (torch; the CPU always uses the twin)."""
+    budget: int = 0
+    """Number of Gaussians to keep (0: off): the best by the method's own importance, in place of its ratio or
+    threshold (safeguard / efficientgs: the top-k union first, by pixels won, then by summed score)."""
     finetune_steps: int = 0
     """Train the pruned model this many more steps (no densification, no further prune); 0: prune only."""
 
@@ -113,7 +116,8 @@ class Prune:
         """The ``splatfacto-safeguard`` model settings this prune runs with."""
         return dict(prune_method="minisplatting" if self.method == "argp" else self.method, top_k=self.top_k,
                     score=self.score, topk_scope=self.topk_scope, keep_ratio=self.keep_ratio,
-                    prune_ratio=self.prune_ratio, radsplat_threshold=self.radsplat_threshold, score_backend=self.score_backend)
+                    prune_ratio=self.prune_ratio, radsplat_threshold=self.radsplat_threshold, score_backend=self.score_backend,
+                    budget=self.budget)
 
     def _check_flags(self) -> None:
         """The flags, by the checks training runs (the strategy's ``check_config``), named as this command's flags."""
@@ -141,7 +145,13 @@ class Prune:
         self._check()
         config, pipeline, ckpt, step = load_run(self.load_config, **self._overrides())
         model = pipeline.model
-        n_before, psnr_before = model.num_points, model.eval_psnr()
+        n_before = model.num_points
+        if self.budget:
+            try:
+                check_budget(self.budget, n_before, self.method)
+            except PruneError as err:
+                raise PosthocError(f"{err}; nothing was written") from None
+        psnr_before = model.eval_psnr()
         scores = self._scores(model)
         mask = self._mask(model, scores)
         saved = torch.load(ckpt, map_location="cpu")
@@ -189,10 +199,8 @@ class Prune:
     def _mask(self, model, scores) -> torch.Tensor:
         if self.method == "argp":
             s = scores["recovery"]
-            n_keep = max(1, int(round(self.keep_ratio * s.numel())))
-            mask = torch.ones_like(s, dtype=torch.bool)
-            mask[torch.sort(s, descending=True, stable=True).indices[:n_keep]] = False
-            return mask
+            n_keep = self.budget or max(1, int(round(self.keep_ratio * s.numel())))
+            return remove_all_but(torch.sort(s, descending=True, stable=True).indices[:n_keep], s.numel())
         return model.strategy.prune_mask(model.gauss_params, scores)
 
     def _write(self, config: TrainerConfig, pipeline, step: int, ckpt: Path, saved: dict):

@@ -11,7 +11,9 @@ For one pixel p and its Gaussians front to back (gsplat's tile list; contributor
 * tile scope (the released SafeguardGS CUDA): per pixel and per 256-long batch of the tile list, the last
   contributor of the batch is a record; per tile, the k highest records are kept (ties: earlier batch,
   then lower pixel index in the tile, then the order of the tile list).
-* scene-level sums per Gaussian: sum w, max w, hit count, sum of opacity over hits.
+* scene-level sums per Gaussian: sum w, max w, hit count, sum of opacity over hits; and for budgets
+  (:data:`COUNTS`) ``wins``, the number of pixels (over all views) whose top-k holds it, and ``sum_score``, its
+  family score summed over the pixels it contributes to.
 * ARGP recovery score ``S_i = sum_p opacity_i G_i(p) (dL/dalpha_i)^2``, ``L = sum_p sum_c clamp(C_c(p), 0, 1)``:
   ``dL/dalpha_i = T_i sum_c m_c (c_ic - B_ic) - T_final / (1 - alpha_i) sum_c m_c bg_c``,
   ``m_c = 1[0 < C_c(p) < 1]``, ``T_i B_i = (R - sum_{j<=i} w_j c_j) / (1 - alpha_i)`` with R = sum_j w_j c_j.
@@ -32,6 +34,8 @@ DISTANCES = ("none", "exp")
 COLOURS = ("none", "cosine", "l1", "exp_l1")
 NAMED = {"safeguard": 0x24, "efficientgs": 0x04}
 TILE_BATCH = 256
+COUNTS = ("wins", "sum_score")
+"""The totals a budget ranks per-pixel top-k rules by (see :meth:`argp_ns.strategy.SafeguardStrategy.ranking`)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,8 @@ def empty_totals(n: int, device: torch.device) -> Dict[str, Tensor]:
     up to millions of float32 terms, which a float32 sum would round away at the 1e-3 level."""
     f = lambda dtype: torch.zeros(n, dtype=dtype, device=device)  # noqa: E731
     return {"keep": f(torch.bool), "keep_tile": f(torch.bool), "sum_w": f(torch.float64), "max_w": f(torch.float32),
-            "hits": f(torch.long), "sum_opacity": f(torch.float64), "recovery": f(torch.float64)}
+            "hits": f(torch.long), "sum_opacity": f(torch.float64), "recovery": f(torch.float64),
+            "wins": f(torch.long), "sum_score": f(torch.float64)}
 
 
 @torch.no_grad()
@@ -156,10 +161,13 @@ def accumulate_tiles(
     col = colors[g].expand(*contrib.shape, 3)
     dist = (means2d[g] - (xy[..., None, :].to(means2d.dtype) + 0.5)).norm(dim=-1)
     score = family_score(spec, opacities[g].expand_as(alpha), alpha, T, dist, col, gt[..., None, :])
+    totals["sum_score"].index_add_(0, gg, score[contrib].double())
     score = torch.where(contrib, score, torch.full_like(score, float("-inf")))
     order = torch.sort(score, dim=-1, descending=True, stable=True).indices[..., :k]
     top = torch.gather(contrib, -1, order)
-    totals["keep"][torch.gather(g.expand_as(contrib), -1, order)[top]] = True
+    winners = torch.gather(g.expand_as(contrib), -1, order)[top]
+    totals["keep"][winners] = True
+    totals["wins"].index_add_(0, winners, torch.ones_like(winners))
     if tile_scope:
         _tile_records(totals["keep_tile"], g.expand_as(contrib), score, contrib, k)
     if recovery:

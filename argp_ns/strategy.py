@@ -72,6 +72,42 @@ def zero_moments(optimizers: Dict[str, torch.optim.Optimizer], names, rows: Tens
                     st[key][rows] = 0
 
 
+def remove_all_but(kept: Tensor, n: int) -> Tensor:
+    """The removal mask [n] of everything but the indices ``kept``."""
+    mask = torch.ones(n, dtype=torch.bool, device=kept.device)
+    mask[kept] = False
+    return mask
+
+
+def check_budget(budget: int, n: int, rule: str) -> None:
+    """Raise PruneError (one line) unless 0 < budget < n: a budget prune must remove at least one Gaussian."""
+    if budget < 1:
+        raise PruneError(f"{rule}: budget must be a positive integer, got {budget}")
+    if budget >= n:
+        raise PruneError(f"{rule}: budget {budget:,} is not below the current count {n:,}")
+
+
+def irp_final_count(n: float, c: float, mark_ratio: float, recover_ratio: float, later: int) -> float:
+    """Expected count after an IRP round that deletes and the ``later`` rounds after it, from n Gaussians of which
+    c are candidates: each round but the last maps ``(n, c) -> (n - (1 - r) c, m (n - c))`` (delete 1 - r of the
+    candidates, mark m of the rest), the last leaves ``n - (1 - r) c``; m = mark_ratio, r = recover_ratio."""
+    for _ in range(later):
+        n, c = n - (1.0 - recover_ratio) * c, mark_ratio * (n - c)
+    return n - (1.0 - recover_ratio) * c
+
+
+def solve_recover_ratio(n: float, c: float, mark_ratio: float, later: int, budget: float) -> float:
+    """The recover ratio r in [0, 1] with ``irp_final_count(n, c, mark_ratio, r, later) = budget``, by bisection (the
+    count rises with r, to n at r = 1); 0 when the budget is below the count at r = 0 (every candidate deleted)."""
+    lo, hi = 0.0, 1.0
+    if irp_final_count(n, c, mark_ratio, lo, later) >= budget:
+        return lo
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if irp_final_count(n, c, mark_ratio, mid, later) < budget else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
 @dataclass
 class ArgpStrategy(DefaultStrategy):
     """ARGP: Adaptive Opacity Pruning during densification, Iterative Recovery Pruning after it.
@@ -87,6 +123,13 @@ class ArgpStrategy(DefaultStrategy):
     deletes the rest. Candidates in between are handled by ``irp_mode``: ``moments`` zeroes their Adam
     moments at marking (the released code), ``frozen`` also blocks their updates, ``hidden`` also leaves
     them out of training renders (they still appear in the scoring renders).
+
+    Budget (``budget`` N > 0, the final count): the rounds keep their steps and ``mark_ratio``; each round that
+    deletes before R_last uses, instead of ``recover_ratio``, the r that :func:`solve_recover_ratio` gives from the
+    live count n and candidate count c (expected final count N, see :func:`irp_final_count`; from R_0 with n_0
+    Gaussians and c_0 = m n_0 marked that is the released schedule with n_L(r) = N), and R_last deletes exactly
+    the ``n - N`` lowest-scored candidates, landing on N (above it only when fewer candidates are left; said in
+    one line). When the count at a round is already <= N, IRP marks and deletes nothing (AOP only).
     """
 
     prune_quantile: float = 0.01
@@ -97,6 +140,7 @@ class ArgpStrategy(DefaultStrategy):
     mark_ratio: float = 0.7
     recover_ratio: float = 0.4
     irp_mode: IrpMode = "moments"
+    budget: int = 0
 
     def check_config(self, max_steps: int) -> None:
         """Fail at start with one line on an invalid setting."""
@@ -115,6 +159,10 @@ class ArgpStrategy(DefaultStrategy):
             raise ValueError(f"irp_last={self.irp_last} must be before the last training step ({max_steps})")
         if self.irp_mode not in ("moments", "frozen", "hidden"):
             raise ValueError(f"irp_mode must be moments, frozen or hidden, got {self.irp_mode!r}")
+        if self.budget < 0:
+            raise ValueError(f"budget must be a positive integer (0: off), got {self.budget}")
+        if self.budget and len(self.irp_rounds()) < 2:
+            raise ValueError(f"budget needs at least two IRP rounds (irp_start={self.irp_start}, irp_last={self.irp_last})")
 
     def irp_rounds(self) -> Tuple[int, ...]:
         """Steps of the IRP rounds: irp_start, irp_start + irp_every, ..., up to irp_last."""
@@ -158,20 +206,52 @@ class ArgpStrategy(DefaultStrategy):
     def score_round(self, params, optimizers, state: Dict[str, Any], step: int, scores: Optional[Dict[str, Tensor]]) -> List[Dict[str, Any]]:
         """One IRP round at ``step`` (see the class doc); ``scores["recovery"]`` is needed after R_0."""
         rounds = self.irp_rounds()
-        new = self._mark(params, state) if step != rounds[-1] else torch.zeros_like(params["opacities"].flatten(), dtype=torch.bool)
+        n = params["means"].shape[0]
+        met = 0 < self.budget and n <= self.budget  # the budget is met: IRP marks and deletes nothing
+        none = torch.zeros_like(params["opacities"].flatten(), dtype=torch.bool)
+        new = self._mark(params, state) if step != rounds[-1] and not met else none
+        if self.budget and step == rounds[0] and self.verbose:
+            print(self._budget_plan(step, n, int(new.sum())))
         events = []
-        if step != rounds[0]:
+        if step != rounds[0] and not met:
             if scores is None:
                 raise ValueError(f"IRP round at step {step} needs recovery scores")
-            cand = state["irp_candidates"]
-            s = scores["recovery"]
-            delete = cand & (s <= quantile(s[cand], 1.0 - self.recover_ratio)) if cand.any() else cand
+            delete = self._irp_delete(state["irp_candidates"], scores["recovery"], len(rounds) - 1 - rounds.index(step), step)
             state["irp_new"] = new
             events.append(prune(params, optimizers, state, delete, step, "irp"))
             new = state.pop("irp_new")
         state["irp_candidates"] = new
         zero_moments(optimizers, params.keys(), new)
         return events
+
+    def _irp_delete(self, cand: Tensor, s: Tensor, later: int, step: int) -> Tensor:
+        """Candidates to delete by recovery score ``s``: those at or below the ``1 - r`` quantile of the candidates'
+        scores, r = recover_ratio or, with a budget, ``solve_recover_ratio(n, |cand|, mark_ratio, later, budget)``;
+        with a budget the last round (``later`` 0) deletes exactly the ``n - budget`` lowest-scored candidates."""
+        n, c = cand.numel(), int(cand.sum())
+        if self.budget and later == 0:
+            idx = torch.nonzero(cand).squeeze(1)
+            delete = torch.zeros_like(cand)
+            delete[idx[torch.sort(s[idx], stable=True).indices[: n - self.budget]]] = True
+            if n - self.budget > c and self.verbose:
+                print(f"argp_ns: step {step}: only {c:,} candidates left; IRP ends at {n - c:,} Gaussians, above the budget {self.budget:,}")
+            return delete
+        if not c:
+            return cand
+        r = solve_recover_ratio(n, c, self.mark_ratio, later, self.budget) if self.budget else self.recover_ratio
+        return cand & (s <= quantile(s[cand], 1.0 - r))
+
+    def _budget_plan(self, step: int, n: int, c: int) -> str:
+        """The one line logged at R_0 with a budget: IRP off (count within the budget), or the solved recover ratio."""
+        if n <= self.budget:
+            return (f"argp_ns: step {step}: {n:,} Gaussians after densification, within the budget {self.budget:,}: "
+                    f"no IRP deletion (AOP only)")
+        later = len(self.irp_rounds()) - 2
+        r = solve_recover_ratio(n, c, self.mark_ratio, later, self.budget)
+        low = irp_final_count(n, c, self.mark_ratio, 0.0, later)
+        reach = f"; below the {low:,.0f} the schedule can reach: every candidate is deleted" if low > self.budget else ""
+        return (f"argp_ns: step {step}: budget {self.budget:,} from {n:,} Gaussians: recover ratio {r:.4f} "
+                f"(mark ratio {self.mark_ratio}){reach}")
 
     def blocked(self, state: Dict[str, Any]) -> Optional[Tensor]:
         """Rows that get no update in training (frozen and hidden modes), else None."""
@@ -192,6 +272,10 @@ class SafeguardStrategy(DefaultStrategy):
     - ``minisplatting``: importance = sum over pixels and views of w; keep ``keep_ratio`` (top, or sampled
       in proportion to importance);
     - ``radsplat``: prune max over rays of w < ``radsplat_threshold``.
+
+    Budget (``budget`` N > 0): each rule keeps exactly its N best by :meth:`ranking` (minisplatting with sampling:
+    N sampled) instead of its own threshold or ratio; a budget not below the count at the prune removes nothing
+    (one line).
     """
 
     prune_step: int = 20000
@@ -203,6 +287,7 @@ class SafeguardStrategy(DefaultStrategy):
     minisplatting_sampling: bool = False
     radsplat_threshold: float = 0.01
     seed: int = 0
+    budget: int = 0
 
     def check_config(self, max_steps: int) -> None:
         """Fail at start with one line on an invalid setting."""
@@ -218,6 +303,10 @@ class SafeguardStrategy(DefaultStrategy):
             raise ValueError(f"prune_step={self.prune_step} must be inside the run (1..{max_steps - 1})")
         if self.topk_scope not in ("pixel", "tile"):
             raise ValueError(f"topk_scope must be pixel or tile, got {self.topk_scope!r}")
+        if self.budget < 0:
+            raise ValueError(f"budget must be a positive integer (0: off), got {self.budget}")
+        if self.budget and self.topk_scope == "tile" and self.prune_method in ("safeguard", "efficientgs"):
+            raise ValueError("budget ranks by per-pixel top-k wins; it does not apply to topk_scope tile")
 
     def round_due(self, step: int) -> bool:
         """True at the single prune step."""
@@ -232,35 +321,65 @@ class SafeguardStrategy(DefaultStrategy):
         return self.round_due(step)
 
     def prune_mask(self, params, scores: Dict[str, Tensor]) -> Tensor:
-        """The Gaussians to remove, from the pass's per-Gaussian results."""
+        """The Gaussians to remove, from the pass's per-Gaussian results (with a budget: all but the budget best)."""
         m = self.prune_method
+        n = scores["sum_w"].numel()
+        if m == "minisplatting":
+            n_keep = self.budget or max(1, int(round(self.keep_ratio * n)))
+            return remove_all_but(self._minisplatting_kept(scores["sum_w"], n_keep), n)
+        if self.budget:
+            return remove_all_but(self.ranking(params, scores)[: self.budget], n)
         if m in ("safeguard", "efficientgs"):
             return ~scores["keep_tile" if self.topk_scope == "tile" else "keep"]
-        n = scores["sum_w"].numel()
         if m == "lightgaussian":
-            vol = torch.exp(params["scales"]).prod(-1)
-            sig = scores["sum_opacity"] * (vol / quantile(vol, 0.9)) ** 0.1
-            order = torch.sort(sig, stable=True).indices
-            mask = torch.zeros(n, dtype=torch.bool, device=sig.device)
+            order = torch.sort(self._significance(params, scores), stable=True).indices
+            mask = torch.zeros(n, dtype=torch.bool, device=order.device)
             mask[order[: int(self.prune_ratio * n)]] = True
-            return mask
-        if m == "minisplatting":
-            imp = scores["sum_w"]
-            n_keep = max(1, int(round(self.keep_ratio * n)))
-            if self.minisplatting_sampling and bool((imp > 0).sum() >= n_keep):
-                gen = torch.Generator(device=imp.device).manual_seed(self.seed)
-                kept = torch.multinomial(imp, n_keep, replacement=False, generator=gen)
-            else:
-                kept = torch.sort(imp, descending=True, stable=True).indices[:n_keep]
-            mask = torch.ones(n, dtype=torch.bool, device=imp.device)
-            mask[kept] = False
             return mask
         if m == "radsplat":
             return scores["max_w"] < self.radsplat_threshold
         raise ValueError(f"unknown prune_method {m!r}")
 
+    def ranking(self, params, scores: Dict[str, Tensor]) -> Tensor:
+        """Every Gaussian, best first, by the rule's own importance (ties: lower index first):
+        safeguard / efficientgs: ``wins`` (pixels x views where it is in the per-pixel top-k) descending, then
+        ``sum_score`` (its score summed over every pixel it contributes to), so the top-k union (wins > 0) comes
+        first, most-winning first; lightgaussian: significance; minisplatting: sum of w; radsplat: max of w."""
+        m = self.prune_method
+        if m in ("safeguard", "efficientgs"):
+            by_score = torch.sort(scores["sum_score"], descending=True, stable=True).indices
+            return by_score[torch.sort(scores["wins"][by_score], descending=True, stable=True).indices]
+        if m == "lightgaussian":
+            key = self._significance(params, scores)
+        elif m in ("minisplatting", "radsplat"):
+            key = scores["sum_w" if m == "minisplatting" else "max_w"]
+        else:
+            raise ValueError(f"unknown prune_method {m!r}")
+        return torch.sort(key, descending=True, stable=True).indices
+
+    @staticmethod
+    def _significance(params, scores: Dict[str, Tensor]) -> Tensor:
+        """LightGaussian's significance: sum over hit pixels of opacity x (V / V_90)^0.1, V = prod of scales."""
+        vol = torch.exp(params["scales"]).prod(-1)
+        return scores["sum_opacity"] * (vol / quantile(vol, 0.9)) ** 0.1
+
+    def _minisplatting_kept(self, imp: Tensor, n_keep: int) -> Tensor:
+        """Mini-Splatting's kept indices: the n_keep largest importances, or with sampling n_keep drawn without
+        replacement in proportion to importance (the largest when fewer than n_keep have importance > 0)."""
+        if self.minisplatting_sampling and bool((imp > 0).sum() >= n_keep):
+            gen = torch.Generator(device=imp.device).manual_seed(self.seed)
+            return torch.multinomial(imp, n_keep, replacement=False, generator=gen)
+        return torch.sort(imp, descending=True, stable=True).indices[:n_keep]
+
     def score_round(self, params, optimizers, state: Dict[str, Any], step: int, scores: Optional[Dict[str, Tensor]]) -> List[Dict[str, Any]]:
-        """The single prune at ``prune_step``."""
+        """The single prune at ``prune_step``; with a budget not below the count, one line and nothing removed."""
         if scores is None:
             raise ValueError(f"{self.prune_method} prune at step {step} needs the score pass")
+        if self.budget:
+            try:
+                check_budget(self.budget, params["means"].shape[0], self.prune_method)
+            except PruneError as err:
+                if self.verbose:
+                    print(f"argp_ns: step {step}: {err}; nothing was removed")
+                return []
         return [prune(params, optimizers, state, self.prune_mask(params, scores), step, self.prune_method)]
