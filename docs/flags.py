@@ -5,7 +5,8 @@
                                     ``<!-- /flags -->`` markers)
 
 One table per command: the plugin's fields of each model config (the ones splatfacto lacks, or whose default
-differs from splatfacto's), shown as ``ns-train`` flags, and the fields of ``argp-ns prune``. The meaning is
+differs from splatfacto's), shown as ``ns-train`` flags, and the fields of ``argp-ns prune``; then the registered
+methods whose defaults differ from their config class's (the ``-big`` variants). The meaning is
 the field's docstring, the text ``--help`` shows. ``tests/test_readme.py`` fails when README.md and these
 tables drift apart.
 """
@@ -100,6 +101,33 @@ def rows(cls: type, prefix: str, base: Optional[type] = None) -> List[Row]:
     return out
 
 
+def variants() -> List[Row]:
+    """(method, description, changed defaults) for each registered method whose model config differs from its
+    config class's defaults (e.g. the ``-big`` variants), read from ``argp_ns.method_config``."""
+    from nerfstudio.plugins.types import MethodSpecification
+
+    from argp_ns import method_config
+
+    out: List[Row] = []
+    for spec in vars(method_config).values():
+        if not isinstance(spec, MethodSpecification):
+            continue
+        model = spec.config.pipeline.model
+        changed = [f"`--pipeline.model.{f.name.replace('_', '-')} {fmt_default(getattr(model, f.name))}`"
+                   for f in dataclasses.fields(model)
+                   if not f.name.startswith("_") and getattr(model, f.name) != default_of(f)]
+        if changed:
+            out.append((spec.config.method_name, spec.description.replace("|", "\\|"), ", ".join(changed)))
+    return sorted(out)
+
+
+def variants_markdown(table: List[Row]) -> str:
+    """The variants as a markdown table, ending in a newline."""
+    lines = ["| method | what it is | defaults that differ from the tables above |", "| --- | --- | --- |"]
+    lines += [f"| `{name}` | {description} | {changed} |" for name, description, changed in table]
+    return "\n".join(lines) + "\n"
+
+
 def tables() -> Dict[str, List[Row]]:
     """Every table, by marker name: the two methods' model flags and ``argp-ns prune``."""
     from nerfstudio.models.splatfacto import SplatfactoModelConfig
@@ -132,18 +160,25 @@ def rewrite(text: str, generated: Dict[str, str]) -> str:
     return MARKER.sub(lambda m: m.group(1) + generated.get(m.group("name"), m.group("body")) + m.group(4), text)
 
 
+def generated() -> Dict[str, str]:
+    """Every marked README table as markdown, by marker name."""
+    out = {name: markdown(table) for name, table in tables().items()}
+    out["variants"] = variants_markdown(variants())
+    return out
+
+
 def main(argv: List[str]) -> None:
     """Print the tables, or with ``--write`` put them into README.md."""
-    generated = {name: markdown(table) for name, table in tables().items()}
+    generated_tables = generated()
     if "--write" in argv:
         text = README.read_text()
-        missing = sorted(set(generated) - set(readme_tables(text)))
+        missing = sorted(set(generated_tables) - set(readme_tables(text)))
         if missing:
             sys.exit(f"docs/flags.py: README.md has no marker for {', '.join(missing)}")
-        README.write_text(rewrite(text, generated))
-        print(f"docs/flags.py: {len(generated)} tables written to {README}")
+        README.write_text(rewrite(text, generated_tables))
+        print(f"docs/flags.py: {len(generated_tables)} tables written to {README}")
         return
-    for name, table in generated.items():
+    for name, table in generated_tables.items():
         print(f"<!-- flags:{name} -->\n{table}<!-- /flags -->\n")
 
 
