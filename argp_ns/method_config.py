@@ -9,7 +9,6 @@ from __future__ import annotations
 from nerfstudio.configs.base_config import ViewerConfig
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
-from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.models.splatfacto import SplatfactoModelConfig
@@ -17,12 +16,13 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from argp_ns.model import SplatfactoArgpModelConfig, SplatfactoSafeguardModelConfig
+from argp_ns.train_step import FusedAdamOptimizerConfig
 from argp_ns.trainer import ArgpTrainerConfig
 
 
 def splatfacto_optimizers(max_steps: int = 30000) -> dict:
-    """splatfacto's optimizers and schedules (nerfstudio 1.1.5 method_configs)."""
-    adam = lambda lr: AdamOptimizerConfig(lr=lr, eps=1e-15)  # noqa: E731
+    """splatfacto's optimizers and schedules (nerfstudio 1.1.5 method_configs), with torch's fused Adam."""
+    adam = lambda lr: FusedAdamOptimizerConfig(lr=lr, eps=1e-15)  # noqa: E731
     warm = lambda lr, final: ExponentialDecaySchedulerConfig(lr_final=final, max_steps=max_steps, warmup_steps=1000, lr_pre_warmup=0)  # noqa: E731
     return {
         "means": {"optimizer": adam(1.6e-4), "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=max_steps)},

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Type, Union
 import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.model_components.lib_bilagrid import total_variation_loss
 from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -25,11 +26,12 @@ from argp_ns.report import PruningReport
 from argp_ns.scores import ScoreSpec
 from argp_ns.scoring import View, score_views
 from argp_ns.strategy import IRP_PRESETS, ArgpStrategy, IrpMode, IrpPreset, PruneMethod, SafeguardStrategy, is_refine_step
+from argp_ns.train_step import psnr_from_mse, scale_regularisation, training_loss
 
 
 def viewmat_from_c2w(c2w: Tensor) -> Tensor:
     """World-to-camera [C,4,4] from nerfstudio camera-to-world [C,3,4] (OpenGL axes -> OpenCV axes)."""
-    R = c2w[:, :3, :3] * torch.tensor([[[1.0, -1.0, -1.0]]], device=c2w.device, dtype=c2w.dtype)
+    R = torch.cat([c2w[:, :3, :1], -c2w[:, :3, 1:3]], dim=2)  # y and z axes flipped; no host-to-device copy
     R_inv = R.transpose(1, 2)
     out = torch.eye(4, device=c2w.device, dtype=c2w.dtype).repeat(c2w.shape[0], 1, 1)
     out[:, :3, :3] = R_inv
@@ -50,6 +52,9 @@ class PruningModelConfig(SplatfactoModelConfig):
     _target: Type = field(default_factory=lambda: PruningModel)
     score_backend: Literal["auto", "cuda", "torch"] = "auto"
     """Score pass implementation: the CUDA kernel where it builds ('auto'), or the PyTorch twin."""
+    scored_prune: bool = True
+    """False: no scored prune round (ARGP's IRP, the SafeguardGS prune) runs; splatfacto-safeguard then trains as
+    splatfacto does, with this plugin's lean training step (an ablation of what the step alone gives)."""
     report_psnr: Literal["rounds", "all", "off"] = "rounds"
     """Eval-view PSNR before/after prunes in pruning_report.json: scored rounds only, also AOP steps, or never."""
 
@@ -76,6 +81,7 @@ class PruningModel(SplatfactoModel):
         self.strategy = self.make_strategy(self.splatfacto_strategy_kwargs())
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
         self._datamanager = None
+        self._train_sizes: Optional[Tensor] = None  # [num train views, 2] (W, H) on the CPU
         self._run_dir = None
         self.viewer_control = ViewerControl()
         self.panel = LivePanel(self.viewer_control)
@@ -144,12 +150,12 @@ class PruningModel(SplatfactoModel):
         params, opacities = self._training_params(params, torch.sigmoid(params["opacities"]).squeeze(-1))
         colors = torch.cat((params["features_dc"][:, None, :], params["features_rest"]), dim=1)
         scale = self._get_downscale_factor()
-        camera.rescale_output_resolution(1 / scale)
         viewmat = viewmat_from_c2w(c2w)
         K = camera.get_intrinsics_matrices().to(self.device)
-        W, H = int(camera.width.item()), int(camera.height.item())
+        if scale != 1:  # Cameras.rescale_output_resolution(1 / scale), without changing the camera
+            K[..., :2, :] *= 1 / scale
+        W, H = self._render_size(camera, scale)
         self.last_size = (H, W)
-        camera.rescale_output_resolution(scale)
         if self.config.rasterize_mode not in ("antialiased", "classic"):
             raise ValueError(f"Unknown rasterize_mode: {self.config.rasterize_mode}")
         render_mode = "RGB+ED" if self.config.output_depth_during_training or not self.training else "RGB"
@@ -176,6 +182,50 @@ class PruningModel(SplatfactoModel):
             background = background.expand(H, W, 3)
         return {"rgb": out_rgb.squeeze(0), "depth": depth, "accumulation": alpha.squeeze(0), "background": background}
 
+    def _render_size(self, camera: Cameras, scale: int) -> Tuple[int, int]:
+        """(W, H) of the render at downscale ``scale``: read on the host from the training cameras' sizes for a
+        training view (no device read-back per step), else from the camera."""
+        idx = (camera.metadata or {}).get("cam_idx")
+        if self.training and idx is not None and self._train_sizes is not None:
+            size = self._train_sizes[idx]
+        else:
+            size = torch.stack([camera.width.reshape(-1)[0], camera.height.reshape(-1)[0]]).cpu()
+        if scale != 1:
+            size = (size * (1 / scale)).to(torch.int64)
+        w, h = size.tolist()
+        return int(w), int(h)
+
+    # --- the training step: splatfacto's loss and metrics, fused (see argp_ns.train_step) ---------------
+    def _step_loss(self, outputs: Dict[str, Any], batch: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        """This step's main loss and its detached [l1, ssim, mse], computed once for the metrics and the loss:
+        the ground truth composited on the step's background, as splatfacto's loss sees them."""
+        if "step_loss" not in outputs:
+            gt = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
+            outputs["step_loss"] = training_loss(gt, outputs["rgb"], self.config.ssim_lambda)
+        return outputs["step_loss"]
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Any]:
+        """In training: the PSNR from the loss pass's squared error (no second pass), the Gaussian count and the
+        camera optimizer's metrics; elsewhere (and with masks or colour-corrected metrics) splatfacto's."""
+        if not self.training or "mask" in batch or self.config.color_corrected_metrics:
+            return super().get_metrics_dict(outputs, batch)
+        metrics = {"psnr": psnr_from_mse(self._step_loss(outputs, batch)[1][2]), "gaussian_count": self.num_points}
+        self.camera_optimizer.get_metrics_dict(metrics)
+        return metrics
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        """splatfacto's losses with the main loss from :func:`argp_ns.train_step.training_loss` (masked images,
+        and evaluation, go through splatfacto's own code)."""
+        if not self.training or "mask" in batch:
+            return super().get_loss_dict(outputs, batch, metrics_dict)
+        loss_dict = {"main_loss": self._step_loss(outputs, batch)[0]}
+        if self.config.use_scale_regularization and self.step % 10 == 0:
+            loss_dict["scale_reg"] = scale_regularisation(self.scales, self.config.max_gauss_ratio)
+        self.camera_optimizer.get_loss_dict(loss_dict)
+        if self.config.use_bilateral_grid:
+            loss_dict["tv_loss"] = 10 * total_variation_loss(self.bil_grids.grids)
+        return loss_dict
+
     # --- training callbacks ----------------------------------------------------------------------------
     def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> List[TrainingCallback]:
         # a resumed run (load_dir) trains max_num_iterations more steps after the loaded one
@@ -184,6 +234,8 @@ class PruningModel(SplatfactoModel):
         except ValueError as err:  # a bad flag: one line, before any step or checkpoint
             raise SystemExit(f"argp_ns: {err}") from None
         self._datamanager = attrs.pipeline.datamanager
+        cams = getattr(getattr(self._datamanager, "train_dataset", None), "cameras", None)
+        self._train_sizes = None if cams is None else torch.cat([cams.width, cams.height], dim=-1).cpu()
         self._run_dir = attrs.trainer.base_dir
         self.report.method = attrs.trainer.config.method_name
         self.rebind_optimizers(attrs.optimizers.optimizers)
@@ -219,7 +271,7 @@ class PruningModel(SplatfactoModel):
     def step_post_backward(self, step: int) -> None:
         """gsplat's refine step (with the strategy's own prune rule), then a scored round when due."""
         refine = is_refine_step(self.strategy, step)
-        round_due = self.strategy.round_due(step)
+        round_due = self.config.scored_prune and self.strategy.round_due(step)
         measure = round_due or (refine and self.config.report_psnr == "all")
         before = self.eval_psnr() if measure and self.config.report_psnr != "off" else None
         super().step_post_backward(step)
@@ -234,7 +286,12 @@ class PruningModel(SplatfactoModel):
         if refine or round_due:
             self.report.add_count(step, self.num_points)
         self.panel.update(panel_text(self.num_points, self.prune_events[-1] if self.prune_events else None,
-                                     *self.strategy.next_prune(step)), force=bool(events))
+                                     *self.next_prune(step)), force=bool(events))
+
+    def next_prune(self, step: int) -> Tuple[Optional[int], str]:
+        """The next step at which this run prunes and the rule (AOP steps, and scored rounds unless switched off)."""
+        nxt, rule = self.strategy.next_prune(step)
+        return (nxt, rule) if self.config.scored_prune or rule == "aop" else (None, "")
 
     def _log_event(self, event: Dict[str, Any]) -> None:
         """One prune event to the console, the metrics writer and the report (written at once)."""
@@ -344,6 +401,9 @@ class SplatfactoArgpModelConfig(PruningModelConfig):
     """Overrides the preset's recover ratio: fraction of the previous candidates recovered (kept) by recovery score."""
     irp_mode: IrpMode = "moments"
     """Candidates between rounds: moments (zero Adam moments, as released), frozen (no updates), hidden (not rendered in training)."""
+    budget: int = 0
+    """Final number of Gaussians (0: off). The IRP recover ratio is solved from the count at the first round so that the
+    last round lands on it by recovery score; a count already within it after densification: AOP only."""
 
     def irp_ratios(self) -> Tuple[float, float]:
         """(mark_ratio, recover_ratio): the preset's pair, each replaced by its flag when given."""
@@ -390,6 +450,9 @@ class SplatfactoSafeguardModelConfig(PruningModelConfig):
     """minisplatting: sample kept Gaussians in proportion to importance instead of the top ones."""
     radsplat_threshold: float = 0.01
     """radsplat: prune max blending weight below this (0.25 for RadSplat-Light)."""
+    budget: int = 0
+    """Number of Gaussians the prune keeps (0: off): the best by the rule's own importance (safeguard, efficientgs:
+    top-k union first, by pixels won then summed score), replacing its threshold or ratio."""
 
 
 class SplatfactoSafeguardModel(PruningModel):
@@ -403,15 +466,9 @@ class SplatfactoSafeguardModel(PruningModel):
                                  minisplatting_sampling=c.minisplatting_sampling, radsplat_threshold=c.radsplat_threshold,
                                  budget=c.budget)
 
-    budget: int = 0
-    """Final number of Gaussians (0: off). The IRP recover ratio is solved from the count at the first round so that the
-    last round lands on it by recovery score; a count already within it after densification: AOP only."""
     def score_spec(self) -> ScoreSpec:
         return ScoreSpec.parse("efficientgs" if self.config.prune_method == "efficientgs" else self.config.score)
 
     def score_pass_options(self) -> Dict[str, Any]:
         return {"k": self.config.top_k, "tile_scope": self.config.topk_scope == "tile", "recovery": False,
                 "counts": self.config.budget > 0 and self.config.prune_method in ("safeguard", "efficientgs")}
-    budget: int = 0
-    """Number of Gaussians the prune keeps (0: off): the best by the rule's own importance (safeguard, efficientgs:
-    top-k union first, by pixels won then summed score), replacing its threshold or ratio."""

@@ -109,7 +109,37 @@ def solve_recover_ratio(n: float, c: float, mark_ratio: float, later: int, budge
 
 
 @dataclass
-class ArgpStrategy(DefaultStrategy):
+class SyncFreeStrategy(DefaultStrategy):
+    """gsplat's ``DefaultStrategy`` with the per-step statistics update done by dense masked sums instead of
+    mask indexing, so that a training step never waits for the GPU (``nonzero`` reads a count back).
+
+    For each camera c and Gaussian i with ``radii[c, i] > 0`` (g = the 2-D mean's gradient scaled to [-1, 1]
+    screen units, ``g_x W / 2 C``, ``g_y H / 2 C``):
+    ``grad2d_i += |g_ci|``, ``count_i += 1``, ``radii_i = max(radii_i, radii[c, i] / max(W, H))`` (the last
+    while screen-size refinement is on): the same values as gsplat's update.
+    """
+
+    def _update_state(self, params, state: Dict[str, Any], info: Dict[str, Any], packed: bool = False) -> None:
+        if packed:
+            return super()._update_state(params, state, info, packed=packed)
+        means2d = info[self.key_for_gradient]
+        grads = (means2d.absgrad if self.absgrad else means2d.grad).clone()
+        grads[..., 0] *= info["width"] / 2.0 * info["n_cameras"]
+        grads[..., 1] *= info["height"] / 2.0 * info["n_cameras"]
+        n = params["means"].shape[0]
+        for key in ("grad2d", "count") + (("radii",) if self.refine_scale2d_stop_iter > 0 else ()):
+            if state[key] is None:
+                state[key] = torch.zeros(n, device=grads.device)
+        seen = info["radii"] > 0  # [C, N]
+        state["grad2d"] += torch.where(seen, grads.norm(dim=-1), 0.0).sum(0)
+        state["count"] += seen.sum(0)
+        if self.refine_scale2d_stop_iter > 0:
+            screen = (info["radii"] / float(max(info["width"], info["height"]))).amax(0)
+            torch.maximum(state["radii"], screen, out=state["radii"])
+
+
+@dataclass
+class ArgpStrategy(SyncFreeStrategy):
     """ARGP: Adaptive Opacity Pruning during densification, Iterative Recovery Pruning after it.
 
     AOP (at each refine step, after grow): prune ``sigmoid(opacity) < max(quantile(sigmoid(opacity), prune_quantile),
@@ -261,7 +291,7 @@ class ArgpStrategy(DefaultStrategy):
 
 
 @dataclass
-class SafeguardStrategy(DefaultStrategy):
+class SafeguardStrategy(SyncFreeStrategy):
     """SafeguardGS and the paper's baselines: one score-based prune at ``prune_step``.
 
     - ``safeguard``: keep the Gaussians that are among the per-pixel top-``top_k`` by the score family

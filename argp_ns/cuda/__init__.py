@@ -44,34 +44,35 @@ _COMPLAINT = re.compile(r"error|cannot find|undefined|not found", re.IGNORECASE)
 _log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=None)
+def load_extension(name: str, sources: Tuple[str, ...]) -> Tuple[Optional[ModuleType], Optional[str]]:
+    """(the built module, None), or (None, the reason it cannot be used). JIT-built from ``sources`` (files of
+    this folder) with ``-O3`` and without fast math, at most once per process, cached on disk by torch."""
+    try:
+        if not torch.cuda.is_available():
+            return None, "argp_ns: no CUDA device; using the PyTorch version"
+        from torch.utils import cpp_extension
+
+        home = cpp_extension.CUDA_HOME
+        if home is None or not (Path(home) / "bin" / ("nvcc.exe" if os.name == "nt" else "nvcc")).is_file():
+            return None, "argp_ns: no CUDA toolkit (nvcc) found; using the PyTorch version"
+        _log.info("argp_ns: building the CUDA extension %s (first use only)", name)
+        module = cpp_extension.load(name=name, sources=[str(_DIR / s) for s in sources], extra_cflags=["-O3"],
+                                    extra_cuda_cflags=["-O3"], verbose=False)
+        return module, None
+    except Exception as exc:  # noqa: BLE001 - any failure means "use the PyTorch version"
+        return None, f"argp_ns: CUDA extension {name} unavailable ({_first_error_line(exc)}); using the PyTorch version"
+
+
 def _first_error_line(exc: BaseException) -> str:
     """The most telling line of a build failure: the first compiler or linker complaint, else the first line."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
     return next((ln for ln in lines[1:] if _COMPLAINT.search(ln)), lines[0])
 
 
-@functools.lru_cache(maxsize=None)
 def _load() -> Tuple[Optional[ModuleType], Optional[str]]:
-    """(the built module, None), or (None, the reason it cannot be used). Built at most once per process."""
-    try:
-        if not torch.cuda.is_available():
-            return None, "argp_ns: no CUDA device; using the PyTorch twin"
-        from torch.utils import cpp_extension
-
-        home = cpp_extension.CUDA_HOME
-        if home is None or not (Path(home) / "bin" / ("nvcc.exe" if os.name == "nt" else "nvcc")).is_file():
-            return None, "argp_ns: no CUDA toolkit (nvcc) found; using the PyTorch twin"
-        _log.info("argp_ns: building the CUDA score kernel (first use only)")
-        module = cpp_extension.load(
-            name=NAME,
-            sources=[str(_DIR / s) for s in _SOURCES],
-            extra_cflags=["-O3"],
-            extra_cuda_cflags=["-O3"],
-            verbose=False,
-        )
-        return module, None
-    except Exception as exc:  # noqa: BLE001 - any failure means "use the twin"
-        return None, f"argp_ns: CUDA score kernel unavailable ({_first_error_line(exc)}); using the PyTorch twin"
+    """The score-pass extension, or the reason it cannot be used."""
+    return load_extension(NAME, _SOURCES)
 
 
 def unavailable_reason() -> Optional[str]:

@@ -1,0 +1,219 @@
+"""One training step of stock splatfacto against ours, at a fixed Gaussian count, timed and profiled.
+
+    python -m benchmarks.step_time --data <fox> --downscales 2,1 --train-steps 3000 --steps 300
+
+A stock ``splatfacto`` trainer trains ``--train-steps`` steps of the quick protocol (schedules x``--scale``) on
+the scene at the first downscale, so that the model has a real count and SH; its Gaussians are then copied into
+a fresh stock trainer and a ``splatfacto-argp`` trainer (scored prunes off) for every downscale, both with fresh
+optimizers and the same camera order. Growing, pruning and opacity resets are switched off, so the count stays
+fixed. Per case and phase (``densify``: gsplat's per-step statistics update on, as before refine_stop; ``refine``:
+off, as after it) each trainer runs ``--warmup`` steps, then ``--steps`` steps between two synchronisations
+(wall ms per step), then ``--profile-steps`` steps under torch.profiler: GPU-busy ms per step (kernel time),
+kernel launches and host synchronisations per step, and the top CPU-side and GPU-side costs. The step is
+nerfstudio's own: ``Trainer.train_iteration`` with the trainer's callbacks before and after it.
+Writes ``benchmarks/results/step-time.json`` (format: ../shared spec benchmark.md) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+STOCK, OURS = "splatfacto", "splatfacto-argp"
+NEVER = 10**9
+START = 20000  # step numbers of the timed steps: full SH degree and full resolution, as late in training
+LAUNCH = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx", "cudaLaunchCooperativeKernel")
+SYNC = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
+def trainer_for(method: str, data: Path, downscale: int, scale: float, out: Path):
+    """A set-up nerfstudio Trainer of ``method`` on a nerfstudio-data scene (every 8th view held out), quick
+    protocol schedules, no viewer, evaluation or checkpoints."""
+    from nerfstudio.configs.method_configs import all_methods
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    from benchmarks.run import SCALED
+
+    cfg = copy.deepcopy(all_methods[method])
+    for name in SCALED:
+        for obj in (cfg, cfg.pipeline.model):
+            if hasattr(obj, name):
+                setattr(obj, name, max(1, int(round(getattr(obj, name) * scale))))
+    cfg.pipeline.datamanager.dataparser = NerfstudioDataParserConfig(data=data, downscale_factor=downscale,
+                                                                     eval_mode="interval", eval_interval=8)
+    cfg.pipeline.datamanager.data = data
+    if method == OURS:
+        cfg.pipeline.model.scored_prune = False
+        cfg.pipeline.model.report_psnr = "off"
+    cfg.vis = "tensorboard"
+    cfg.steps_per_eval_image = cfg.steps_per_eval_batch = cfg.steps_per_eval_all_images = cfg.steps_per_save = NEVER
+    cfg.output_dir, cfg.timestamp = out, f"{method}-{downscale}"
+    trainer = cfg.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
+
+
+def run_steps(trainer, start: int, n: int) -> None:
+    """n training steps as nerfstudio's Trainer.train runs them (callbacks, train_iteration, callbacks)."""
+    from nerfstudio.engine.callbacks import TrainingCallbackLocation as Loc
+
+    for step in range(start, start + n):
+        trainer.pipeline.train()
+        for cb in trainer.callbacks:
+            cb.run_callback_at_location(step, location=Loc.BEFORE_TRAIN_ITERATION)
+        trainer.train_iteration(step)
+        for cb in trainer.callbacks:
+            cb.run_callback_at_location(step, location=Loc.AFTER_TRAIN_ITERATION)
+
+
+def install(trainer, gaussians: Dict[str, torch.Tensor], phase: str) -> None:
+    """Give ``trainer`` these Gaussians with fresh optimizers and schedulers (the dicts its callbacks hold are
+    updated in place), a fresh strategy state, the camera order from the sampler's seed, and no growing, pruning
+    or opacity reset; ``phase`` densify keeps gsplat's per-step statistics update, refine skips it."""
+    from nerfstudio.engine.optimizers import Optimizers
+
+    model = trainer.pipeline.model
+    for name, value in gaussians.items():
+        model.gauss_params[name] = torch.nn.Parameter(value.detach().clone())
+    fresh = Optimizers(trainer.config.optimizers.copy(), trainer.pipeline.get_param_groups())
+    for old, new in ((trainer.optimizers.optimizers, fresh.optimizers), (trainer.optimizers.schedulers, fresh.schedulers)):
+        old.clear()
+        old.update(new)
+    if hasattr(model, "rebind_optimizers"):
+        model.rebind_optimizers(trainer.optimizers.optimizers)
+    strategy = model.strategy
+    strategy.refine_every = strategy.reset_every = NEVER
+    strategy.refine_stop_iter = NEVER if phase == "densify" else 0
+    model.strategy_state = strategy.initialize_state(scene_scale=1.0)
+    dm = trainer.pipeline.datamanager
+    dm.random_generator = random.Random(dm.config.train_cameras_sampling_seed)
+    dm.train_unseen_cameras = dm.sample_train_cameras()
+
+
+def profile(trainer, start: int, n: int) -> Dict[str, Any]:
+    """torch.profiler over n steps: GPU-busy ms, launches and host syncs per step, top CPU and GPU costs."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run_steps(trainer, start, n)
+        torch.cuda.synchronize()
+    events = prof.events()
+    device_us = lambda e: getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0)  # noqa: E731
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    gpu_ms = sum(device_us(e) for e in kernels) / 1000.0 / n
+    launches = sum(1 for e in events if e.name in LAUNCH) / n
+    syncs = sum(1 for e in events if e.name in SYNC) / n
+    by_cpu: Dict[str, float] = {}
+    by_gpu: Dict[str, float] = {}
+    for e in events:
+        if e.device_type == DeviceType.CUDA:
+            by_gpu[e.name] = by_gpu.get(e.name, 0.0) + device_us(e)
+        elif e.name.startswith("aten::") or e.name.startswith("cuda"):
+            by_cpu[e.name] = by_cpu.get(e.name, 0.0) + e.self_cpu_time_total
+    top = lambda d: [[k[:80], round(v / 1000.0 / n, 4)] for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:10]]  # noqa: E731
+    return {"gpu_ms": round(gpu_ms, 3), "launches_per_step": round(launches, 1), "syncs_per_step": round(syncs, 2),
+            "top_cpu_ms": top(by_cpu), "top_gpu_ms": top(by_gpu)}
+
+
+def time_steps(trainer, start: int, n: int) -> float:
+    """Wall milliseconds per step over n steps between two synchronisations."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    run_steps(trainer, start, n)
+    torch.cuda.synchronize()
+    return 1000.0 * (time.perf_counter() - t0) / n
+
+
+def measure(args) -> Dict[str, Any]:
+    """Train the base model, then time and profile stock and ours for every downscale and phase."""
+    from benchmarks.run import host, source_commit, warm_extensions
+
+    warm_extensions("cuda")
+    out = Path(args.work)
+    base = trainer_for(STOCK, args.data, args.downscales[0], args.scale, out)
+    run_steps(base, 0, args.train_steps)
+    gaussians = {k: v.detach().clone() for k, v in base.pipeline.model.gauss_params.items()}
+    del base
+    torch.cuda.empty_cache()
+    cases: List[Dict[str, Any]] = []
+    for d in args.downscales:
+        trainers = {name: trainer_for(name, args.data, d, args.scale, out) for name in (STOCK, OURS)}
+        cam = trainers[STOCK].pipeline.datamanager.train_dataset.cameras
+        for phase in args.phases:
+            case: Dict[str, Any] = {"scene": args.scene, "downscale": d, "width": int(cam.width[0]), "height": int(cam.height[0]),
+                                    "gaussians": int(gaussians["means"].shape[0]), "steps": args.steps, "phase": phase}
+            for key, name in (("stock", STOCK), ("ours", OURS)):
+                tr = trainers[name]
+                install(tr, gaussians, phase)
+                run_steps(tr, START, args.warmup)
+                case[f"{key}_ms"] = round(time_steps(tr, START + args.warmup, args.steps), 3)
+                prof = profile(tr, START + args.warmup + args.steps, args.profile_steps)
+                case[f"{key}_gpu_ms"] = prof.pop("gpu_ms")
+                case.setdefault("profile", {})[key] = prof
+                assert tr.pipeline.model.num_points == case["gaussians"], "the count changed during the timed steps"
+            case["speedup"] = round(case["stock_ms"] / case["ours_ms"], 3)
+            cases.append(case)
+            print(f"step_time: {args.scene} x{d} {phase}: stock {case['stock_ms']:.2f} ms (GPU {case['stock_gpu_ms']:.2f}), "
+                  f"ours {case['ours_ms']:.2f} ms (GPU {case['ours_gpu_ms']:.2f}), {case['speedup']:.2f}x", flush=True)
+        del trainers
+        torch.cuda.empty_cache()
+    return {"gpu": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(), "host": host(),
+            "commit": source_commit(), "train_steps": args.train_steps, "cases": cases}
+
+
+def table(result: Dict[str, Any]) -> str:
+    """Markdown table of the cases."""
+    rows = ["| scene | size | phase | Gaussians | stock ms | ours ms | speed-up | stock GPU ms | ours GPU ms | launches stock/ours | syncs stock/ours |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in result["cases"]:
+        p = c.get("profile", {})
+        rows.append(f"| {c['scene']} | {c['width']}x{c['height']} | {c.get('phase', '')} | {c['gaussians']:,} | {c['stock_ms']:.2f} | "
+                    f"{c['ours_ms']:.2f} | {c['stock_ms'] / c['ours_ms']:.2f}x | {c['stock_gpu_ms']:.2f} | {c['ours_gpu_ms']:.2f} | "
+                    f"{p.get('stock', {}).get('launches_per_step', '–')}/{p.get('ours', {}).get('launches_per_step', '–')} | "
+                    f"{p.get('stock', {}).get('syncs_per_step', '–')}/{p.get('ours', {}).get('syncs_per_step', '–')} |")
+    return "\n".join(rows)
+
+
+def main(argv: Optional[List[str]] = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, type=Path, help="a nerfstudio-data scene (transforms.json)")
+    p.add_argument("--scene", default="fox")
+    p.add_argument("--downscales", default="2,1", help="comma-separated downscale factors; the first trains the base model")
+    p.add_argument("--phases", default="densify,refine")
+    p.add_argument("--train-steps", type=int, default=3000)
+    p.add_argument("--scale", type=float, default=0.5, help="quick protocol's schedule factor for the base model")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--profile-steps", type=int, default=50)
+    p.add_argument("--work", default="/tmp/argp-step-time")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "step-time.json")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("step_time: needs a CUDA GPU (stock splatfacto has no CPU rasterizer)")
+    if not (args.data / "transforms.json").exists():
+        raise SystemExit(f"step_time: no transforms.json in {args.data}")
+    args.downscales = [int(x) for x in args.downscales.split(",")]
+    args.phases = [x for x in args.phases.split(",") if x]
+    result = measure(args)
+    result["command"] = "python -m benchmarks.step_time " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(table(result))
+    return args.out
+
+
+if __name__ == "__main__":
+    main()
