@@ -244,3 +244,60 @@ def test_big_methods_use_splatfacto_big_settings():
     assert methods["splatfacto-argp-big"].pipeline.model.reset_opacity_value == 2 * 0.005  # splatfacto-big's reset
     out = subprocess.run(["ns-train", "--help"], capture_output=True, text=True, check=True).stdout
     assert "splatfacto-argp-big" in out and "splatfacto-safeguard-big" in out
+
+
+# --- end to end on the CPU: ns-train and argp-ns prune with a budget ----------------------------------------------
+@pytest.fixture(scope="module")
+def small_scene(tmp_path_factory):
+    """The demo scene, smaller than the e2e tests' (32 px, 8 train / 2 test views, 400 seed points): three score
+    passes per run on the twin stay short."""
+    from argp_ns.demo_scene import make_demo_scene
+
+    return make_demo_scene(tmp_path_factory.mktemp("small"), size=32, n_train=8, n_test=2, n_points=400)
+
+
+def final_count(config) -> int:
+    ckpt = torch.load(sorted((config.parent / "nerfstudio_models").glob("*.ckpt"))[-1], map_location="cpu")
+    return ckpt["pipeline"]["_model.gauss_params.means"].shape[0]
+
+
+def test_argp_budget_run_lands_on_budget(small_scene, tmp_path):
+    from test_e2e_cpu import train
+
+    config, log = train("splatfacto-argp", small_scene, tmp_path, extra=["--pipeline.model.budget=150", "--pipeline.model.report-psnr=off"])
+    assert "budget 150 from" in log and "recover ratio" in log, log[-2000:]
+    assert log.count("irp removed") == 2 and "kept 150\n" in log
+    assert final_count(config) == 150
+
+
+@pytest.fixture(scope="module")
+def safeguard_budget_run(small_scene, tmp_path_factory):
+    from test_e2e_cpu import train
+
+    out = tmp_path_factory.mktemp("sg")
+    return train("splatfacto-safeguard", small_scene, out, extra=["--pipeline.model.budget=150", "--pipeline.model.report-psnr=off"])
+
+
+def test_safeguard_budget_run_lands_on_budget(safeguard_budget_run):
+    config, log = safeguard_budget_run
+    assert "safeguard removed" in log and "kept 150\n" in log, log[-2000:]
+    assert final_count(config) == 150
+
+
+def test_posthoc_prune_budget_lands_and_refuses(safeguard_budget_run, tmp_path):
+    from test_e2e_cpu import ENV
+
+    config, _ = safeguard_budget_run
+    prune = lambda out, *flags: subprocess.run(  # noqa: E731
+        ["argp-ns", "prune", "--load-config", str(config), "--output-dir", str(out), "--score-backend", "torch", *flags],
+        env=ENV, capture_output=True, text=True)
+    for flags, text in ((("--budget", "150"), "budget 150 is not below the current count 150"),
+                        (("--budget", "-2"), "--budget must be a positive integer (0: off), got -2")):
+        proc = prune(tmp_path / "refused", *flags)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert text in proc.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / "refused").exists()
+    proc = prune(tmp_path / "pruned", "--method", "efficientgs", "--budget", "100")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "150 -> 100 Gaussians" in proc.stdout
+    assert final_count(next((tmp_path / "pruned").rglob("config.yml"))) == 100
