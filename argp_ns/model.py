@@ -186,6 +186,10 @@ class PruningModel(SplatfactoModel):
         """(W, H) of the render at downscale ``scale``: read on the host from the training cameras' sizes for a
         training view (no device read-back per step), else from the camera."""
         idx = (camera.metadata or {}).get("cam_idx")
+        if self._train_sizes is None and self._datamanager is not None and hasattr(self._datamanager, "train_dataset"):
+            # read once the images are cached: the datamanager crops undistorted views and updates these sizes then
+            cams = self._datamanager.train_dataset.cameras
+            self._train_sizes = torch.cat([cams.width, cams.height], dim=-1).cpu()
         if self.training and idx is not None and self._train_sizes is not None:
             size = self._train_sizes[idx]
         else:
@@ -234,8 +238,6 @@ class PruningModel(SplatfactoModel):
         except ValueError as err:  # a bad flag: one line, before any step or checkpoint
             raise SystemExit(f"argp_ns: {err}") from None
         self._datamanager = attrs.pipeline.datamanager
-        cams = getattr(getattr(self._datamanager, "train_dataset", None), "cameras", None)
-        self._train_sizes = None if cams is None else torch.cat([cams.width, cams.height], dim=-1).cpu()
         self._run_dir = attrs.trainer.base_dir
         self.report.method = attrs.trainer.config.method_name
         self.rebind_optimizers(attrs.optimizers.optimizers)
