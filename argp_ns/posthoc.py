@@ -15,7 +15,7 @@ import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import yaml
@@ -71,9 +71,7 @@ class Prune:
     top_k: int = 1
     """safeguard / efficientgs: keep every Gaussian that is among some pixel's top-k (k >= 1; 1..32 on the CUDA pass)."""
     score: str = "safeguard"
-    """safeguard: the score that ranks each pixel's Gaussians: 'safeguard' (alpha_t*l1, code 36), 'efficientgs'
-    (alpha_t), a family code (3, 4, 8, 9, 36, 39, 40, 52, 57; hex like 0x24 too), or factors joined by '*': a base
-    (alpha_t, alpha, opacity_t, opacity), optionally exp (distance), and a colour term (l1, cosine, exp_l1)."""
+    """safeguard: the score ranking each pixel's Gaussians: safeguard (alpha_t*l1, code 36), efficientgs (alpha_t), a family code (3, 4, 8, 9, 36, 39, 40, 52, 57) or factors joined by '*' (alpha_t|alpha|opacity_t|opacity, exp, l1|cosine|exp_l1)."""
     topk_scope: Literal["pixel", "tile"] = "pixel"
     """safeguard / efficientgs: pixel (the paper: each pixel's top-k) or tile (the released CUDA: per-tile top-k of per-batch last contributors)."""
     keep_ratio: float = 0.1

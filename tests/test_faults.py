@@ -232,13 +232,15 @@ def test_bad_input_ends_in_one_line_and_leaves_nothing(case, demo_run, demo_scen
 
 def test_resume_skips_a_truncated_newest_checkpoint(demo_run, demo_scene, tmp_path, capsys):
     """A kill during a save leaves the newest checkpoint truncated: the resume says so in one line and continues
-    from the newest intact one (step 10), for --max-num-iterations more steps."""
+    from the newest intact one (step 10), for --max-num-iterations more steps (the IRP schedule moved to step 10, which
+    is over at the resume: no round to score)."""
     models = copy_run(demo_run, tmp_path / "copy").parent / MODELS
     truncate_newest(models)
     before = hashes(models)
-    train_main(train_args("splatfacto-argp", demo_scene, tmp_path / "out", ["--load-dir", str(models), "--max-num-iterations=8"]))
+    train_main(train_args("splatfacto-argp", demo_scene, tmp_path / "out", ["--load-dir", str(models), "--max-num-iterations=2",
+                                                                         "--pipeline.model.irp-start=10", "--pipeline.model.irp-last=10"]))
     lines = [line for line in capsys.readouterr().out.splitlines() if "unreadable" in line]
     assert lines == [f"argp_ns: step-000000019.ckpt unreadable (corrupt or truncated); resuming from {models / 'step-000000010.ckpt'}"]
     resumed = tmp_path / "out" / "demo" / "splatfacto-argp" / "t" / MODELS
-    assert max(p.name for p in resumed.glob("*.ckpt")) == "step-000000018.ckpt"  # steps 11..18
+    assert max(p.name for p in resumed.glob("*.ckpt")) == "step-000000012.ckpt"  # steps 11 and 12
     assert hashes(models) == before
