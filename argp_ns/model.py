@@ -82,6 +82,7 @@ class PruningModel(SplatfactoModel):
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
         self._datamanager = None
         self._train_sizes: Optional[Tensor] = None  # [num train views, 2] (W, H) on the CPU
+        self._view_cache: Dict[int, Tuple[Tensor, Tensor]] = {}  # training view -> (viewmat, K) on the device
         self._run_dir = None
         self.viewer_control = ViewerControl()
         self.panel = LivePanel(self.viewer_control)
@@ -150,9 +151,9 @@ class PruningModel(SplatfactoModel):
         params, opacities = self._training_params(params, torch.sigmoid(params["opacities"]).squeeze(-1))
         colors = torch.cat((params["features_dc"][:, None, :], params["features_rest"]), dim=1)
         scale = self._get_downscale_factor()
-        viewmat = viewmat_from_c2w(c2w)
-        K = camera.get_intrinsics_matrices().to(self.device)
+        viewmat, K = self._view_matrices(camera, c2w)
         if scale != 1:  # Cameras.rescale_output_resolution(1 / scale), without changing the camera
+            K = K.clone()
             K[..., :2, :] *= 1 / scale
         W, H = self._render_size(camera, scale)
         self.last_size = (H, W)
@@ -181,6 +182,17 @@ class PruningModel(SplatfactoModel):
         if background.shape[0] == 3 and not self.training:
             background = background.expand(H, W, 3)
         return {"rgb": out_rgb.squeeze(0), "depth": depth, "accumulation": alpha.squeeze(0), "background": background}
+
+    def _view_matrices(self, camera: Cameras, c2w: Tensor) -> Tuple[Tensor, Tensor]:
+        """(world-to-camera [1, 4, 4], intrinsics [1, 3, 3]) on the device. A training view's pair is made once and
+        kept while the camera optimizer is off (pose and intrinsics are then fixed; ``get_intrinsics_matrices``
+        builds K on the host, reading fx, fy, cx, cy back from the device)."""
+        idx = (camera.metadata or {}).get("cam_idx")
+        if not (self.training and idx is not None and self.camera_optimizer.config.mode == "off"):
+            return viewmat_from_c2w(c2w), camera.get_intrinsics_matrices().to(self.device)
+        if idx not in self._view_cache:
+            self._view_cache[idx] = (viewmat_from_c2w(c2w), camera.get_intrinsics_matrices().to(self.device))
+        return self._view_cache[idx]
 
     def _render_size(self, camera: Cameras, scale: int) -> Tuple[int, int]:
         """(W, H) of the render at downscale ``scale``: read on the host from the training cameras' sizes for a

@@ -237,7 +237,10 @@ def host() -> str:
 
 def source_commit(root: Path = REPO) -> Optional[str]:
     """The project's commit: ``git rev-parse --short HEAD``, plus "+dirty" where tracked files outside
-    benchmarks/results differ from it; without a .git folder (a copied tree), the ARGP_NS_COMMIT variable; else None."""
+    benchmarks/results differ from it; the ARGP_NS_COMMIT variable first where it is set (a copied tree may carry
+    a stale .git); else None."""
+    if os.environ.get("ARGP_NS_COMMIT"):
+        return os.environ["ARGP_NS_COMMIT"]
     if (root / ".git").exists():
         def git(*cmd: str) -> str:
             return subprocess.run(["git", "-C", str(root), *cmd], capture_output=True, text=True, check=True).stdout.strip()
@@ -247,7 +250,7 @@ def source_commit(root: Path = REPO) -> Optional[str]:
             return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
         except (OSError, subprocess.CalledProcessError):
             pass
-    return os.environ.get("ARGP_NS_COMMIT") or None
+    return None
 
 
 def run_one(job: Job, args, commit: Optional[str]) -> Dict[str, Any]:

@@ -112,16 +112,17 @@ def profile(trainer, start: int, n: int) -> Dict[str, Any]:
         torch.cuda.synchronize()
     events = prof.events()
     device_us = lambda e: getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0)  # noqa: E731
-    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    # kernels and copies; user annotations (e.g. "Optimizer.step#Adam.step") span kernels on the GPU timeline too
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA and "#" not in e.name and not getattr(e, "is_user_annotation", False)]
     gpu_ms = sum(device_us(e) for e in kernels) / 1000.0 / n
     launches = sum(1 for e in events if e.name in LAUNCH) / n
     syncs = sum(1 for e in events if e.name in SYNC) / n
     by_cpu: Dict[str, float] = {}
     by_gpu: Dict[str, float] = {}
+    for e in kernels:
+        by_gpu[e.name] = by_gpu.get(e.name, 0.0) + device_us(e)
     for e in events:
-        if e.device_type == DeviceType.CUDA:
-            by_gpu[e.name] = by_gpu.get(e.name, 0.0) + device_us(e)
-        elif e.name.startswith("aten::") or e.name.startswith("cuda"):
+        if e.device_type != DeviceType.CUDA and (e.name.startswith("aten::") or e.name.startswith("cuda")):
             by_cpu[e.name] = by_cpu.get(e.name, 0.0) + e.self_cpu_time_total
     top = lambda d: [[k[:80], round(v / 1000.0 / n, 4)] for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:10]]  # noqa: E731
     return {"gpu_ms": round(gpu_ms, 3), "launches_per_step": round(launches, 1), "syncs_per_step": round(syncs, 2),
@@ -151,9 +152,10 @@ def measure(args) -> Dict[str, Any]:
     cases: List[Dict[str, Any]] = []
     for d in args.downscales:
         trainers = {name: trainer_for(name, args.data, d, args.scale, out) for name in (STOCK, OURS)}
-        cam = trainers[STOCK].pipeline.datamanager.train_dataset.cameras
+        dm = trainers[STOCK].pipeline.datamanager
+        height, width = dm.cached_train[0]["image"].shape[:2]  # after undistortion's crop
         for phase in args.phases:
-            case: Dict[str, Any] = {"scene": args.scene, "downscale": d, "width": int(cam.width[0]), "height": int(cam.height[0]),
+            case: Dict[str, Any] = {"scene": args.scene, "downscale": d, "width": int(width), "height": int(height),
                                     "gaussians": int(gaussians["means"].shape[0]), "steps": args.steps, "phase": phase}
             for key, name in (("stock", STOCK), ("ours", OURS)):
                 tr = trainers[name]
