@@ -96,7 +96,7 @@ def build_config(method: str, flags: List[str], opts: scenes.SceneOptions, data:
         if opt["scheduler"] is not None and hasattr(opt["scheduler"], "max_steps"):
             opt["scheduler"].max_steps = cfg.max_num_iterations
     if flags:
-        cfg = tyro.cli(type(cfg), default=cfg, args=flags)
+        cfg = tyro.cli(type(cfg), default=cfg, args=flags, config=(tyro.conf.FlagConversionOff,))  # booleans as on ns-train
     cfg.pipeline.datamanager.dataparser = scenes.dataparser_config(opts, data)
     if opts.background != "auto":
         cfg.pipeline.model.background_color = opts.background  # for every method alike (lego, demo: white)
