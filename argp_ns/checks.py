@@ -66,6 +66,8 @@ def check_model(model_config, max_steps: int) -> None:
         return
     if hasattr(model_config, "score"):
         check_score(model_config.score)
+    if not model_config.scored_prune and getattr(model_config, "budget", 0):
+        raise ConfigError("budget needs the scored prune: drop --pipeline.model.scored-prune False or the budget")
     try:
         model_strategy(model_config).check_config(max_steps)
     except ValueError as err:

@@ -82,11 +82,11 @@ class Prune:
     """radsplat: prune the Gaussians whose largest blending weight over all training rays is below this (> 0; 0.25 for RadSplat-Light)."""
     score_backend: Literal["auto", "cuda", "torch"] = "auto"
     """Score pass: the CUDA kernel where it builds (auto, cuda) or the PyTorch twin (torch; the CPU always uses the twin)."""
+    finetune_steps: int = 0
+    """Train the pruned model this many more steps (no densification, no further prune); 0: prune only."""
     budget: int = 0
     """Number of Gaussians to keep (0: off): the best by the method's own importance, in place of its ratio or
     threshold (safeguard / efficientgs: the top-k union first, by pixels won, then by summed score)."""
-    finetune_steps: int = 0
-    """Train the pruned model this many more steps (no densification, no further prune); 0: prune only."""
 
     def main(self) -> None:
         try:

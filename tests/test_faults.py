@@ -196,6 +196,8 @@ CASES: Dict[str, tuple] = {
     "train-safeguard-top-k-0": (lambda c: ns_train(c, "splatfacto-safeguard", ["--pipeline.model.top-k=0"]), "argp_ns: top_k must be >= 1, got 0"),
     "train-safeguard-prune-step-beyond-the-run": (lambda c: ns_train(c, "splatfacto-safeguard", ["--pipeline.model.prune-step=100"]),
                                                   "argp_ns: prune_step=100 must be inside the run (1..19)"),
+    "train-budget-without-scored-prune": (lambda c: ns_train(c, "splatfacto-safeguard", ["--pipeline.model.budget=50", "--pipeline.model.scored-prune=False"]),
+                                          "argp_ns: budget needs the scored prune"),
     "train-safeguard-score-nonsense": (lambda c: ns_train(c, "splatfacto-safeguard", ["--pipeline.model.score=nonsense"]),
                                        "argp_ns: score 'nonsense' is not valid; use 'safeguard'"),
     "train-empty-data-folder": (lambda c: ns_train(c, scene=empty_data(c)), "No such file or directory: "),
