@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# argp_ns in one command, on a fresh Linux machine with Python 3.11 or 3.12 (GPU optional):
+# argp_ns in one command, on a fresh Linux machine with Python 3.10, 3.11 or 3.12 (GPU optional):
 #   ./run.sh          set everything up (.venv, torch, nerfstudio 1.1.5, gsplat 1.4.0, this plugin) and run
 #                     the main job: splatfacto-argp on the embedded demo scene, ns-eval, ns-export, a summary
 #   ./run.sh test     set up the same way and run the tests (GPU tests are skipped without CUDA)
