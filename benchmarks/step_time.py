@@ -7,8 +7,8 @@ the scene at the first downscale, so that the model has a real count and SH; its
 a fresh stock trainer and a ``splatfacto-argp`` trainer (scored prunes off) for every downscale, both with fresh
 optimizers and the same camera order. Growing, pruning and opacity resets are switched off, so the count stays
 fixed. Per case and phase (``densify``: gsplat's per-step statistics update on, as before refine_stop; ``refine``:
-off, as after it) each trainer runs ``--warmup`` steps, then ``--steps`` steps between two synchronisations
-(wall ms per step), then ``--profile-steps`` steps under torch.profiler: GPU-busy ms per step (kernel time),
+off, as after it) each trainer runs ``--warmup`` steps, then ``--trials`` timed trials of ``--steps`` steps
+between two synchronisations, alternating stock and ours (the median wall ms per step is reported), then ``--profile-steps`` steps under torch.profiler: GPU-busy ms per step (kernel time),
 kernel launches and host synchronisations per step, and the top CPU-side and GPU-side costs. The step is
 nerfstudio's own: ``Trainer.train_iteration`` with the trainer's callbacks before and after it.
 Writes ``benchmarks/results/step-time.json`` (format: ../shared spec benchmark.md) and prints a table.
@@ -22,6 +22,7 @@ import datetime
 import json
 import random
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -158,11 +159,19 @@ def measure(args) -> Dict[str, Any]:
             case: Dict[str, Any] = {"scene": args.scene, "downscale": d, "width": int(width), "height": int(height),
                                     "gaussians": int(gaussians["means"].shape[0]), "steps": args.steps, "phase": phase}
             for key, name in (("stock", STOCK), ("ours", OURS)):
+                install(trainers[name], gaussians, phase)
+                run_steps(trainers[name], START, args.warmup)
+            trials: Dict[str, List[float]] = {"stock": [], "ours": []}
+            step = START + args.warmup
+            for _ in range(args.trials):  # alternate, so that a drift of the machine reaches both alike
+                for key, name in (("stock", STOCK), ("ours", OURS)):
+                    trials[key].append(round(time_steps(trainers[name], step, args.steps), 3))
+                step += args.steps
+            case["trials_ms"] = trials
+            for key, name in (("stock", STOCK), ("ours", OURS)):
                 tr = trainers[name]
-                install(tr, gaussians, phase)
-                run_steps(tr, START, args.warmup)
-                case[f"{key}_ms"] = round(time_steps(tr, START + args.warmup, args.steps), 3)
-                prof = profile(tr, START + args.warmup + args.steps, args.profile_steps)
+                case[f"{key}_ms"] = statistics.median(trials[key])
+                prof = profile(tr, step, args.profile_steps)
                 case[f"{key}_gpu_ms"] = prof.pop("gpu_ms")
                 case.setdefault("profile", {})[key] = prof
                 assert tr.pipeline.model.num_points == case["gaussians"], "the count changed during the timed steps"
@@ -197,7 +206,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
     p.add_argument("--phases", default="densify,refine")
     p.add_argument("--train-steps", type=int, default=3000)
     p.add_argument("--scale", type=float, default=0.5, help="quick protocol's schedule factor for the base model")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=300, help="steps of one timed trial")
+    p.add_argument("--trials", type=int, default=3, help="timed trials per method and case, alternating; the median is reported")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--profile-steps", type=int, default=50)
     p.add_argument("--work", default="/tmp/argp-step-time")
