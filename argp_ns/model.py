@@ -81,7 +81,7 @@ class PruningModel(SplatfactoModel):
         self.strategy = self.make_strategy(self.splatfacto_strategy_kwargs())
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
         self._datamanager = None
-        self._train_sizes: Optional[Tensor] = None  # [num train views, 2] (W, H) on the CPU
+        self._view_sizes: Dict[int, Tensor] = {}  # training view -> its full (W, H), int64 on the CPU
         self._view_cache: Dict[int, Tuple[Tensor, Tensor]] = {}  # training view -> (viewmat, K) on the device
         self._run_dir = None
         self.viewer_control = ViewerControl()
@@ -195,17 +195,14 @@ class PruningModel(SplatfactoModel):
         return self._view_cache[idx]
 
     def _render_size(self, camera: Cameras, scale: int) -> Tuple[int, int]:
-        """(W, H) of the render at downscale ``scale``: read on the host from the training cameras' sizes for a
-        training view (no device read-back per step), else from the camera."""
+        """(W, H) of the render at downscale ``scale`` (``Cameras.rescale_output_resolution``'s arithmetic, on the
+        host). A training view's full size is read back from its camera once and kept (no read-back per step)."""
         idx = (camera.metadata or {}).get("cam_idx")
-        if self._train_sizes is None and self._datamanager is not None and hasattr(self._datamanager, "train_dataset"):
-            # read once the images are cached: the datamanager crops undistorted views and updates these sizes then
-            cams = self._datamanager.train_dataset.cameras
-            self._train_sizes = torch.cat([cams.width, cams.height], dim=-1).cpu()
-        if self.training and idx is not None and self._train_sizes is not None:
-            size = self._train_sizes[idx]
-        else:
+        size = self._view_sizes.get(idx) if self.training else None
+        if size is None:
             size = torch.stack([camera.width.reshape(-1)[0], camera.height.reshape(-1)[0]]).cpu()
+            if self.training and idx is not None:
+                self._view_sizes[idx] = size
         if scale != 1:
             size = (size * (1 / scale)).to(torch.int64)
         w, h = size.tolist()

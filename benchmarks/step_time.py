@@ -17,7 +17,6 @@ Writes ``benchmarks/results/step-time.json`` (format: ../shared spec benchmark.m
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import random
@@ -31,34 +30,21 @@ from typing import Any, Dict, List, Optional
 import torch
 
 STOCK, OURS = "splatfacto", "splatfacto-argp"
-NEVER = 10**9
 START = 20000  # step numbers of the timed steps: full SH degree and full resolution, as late in training
 LAUNCH = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx", "cudaLaunchCooperativeKernel")
 SYNC = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 
 
 def trainer_for(method: str, data: Path, downscale: int, scale: float, out: Path):
-    """A set-up nerfstudio Trainer of ``method`` on a nerfstudio-data scene (every 8th view held out), quick
-    protocol schedules, no viewer, evaluation or checkpoints."""
-    from nerfstudio.configs.method_configs import all_methods
-    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+    """A set-up nerfstudio Trainer of ``method`` as the harness builds it (:func:`benchmarks.run.build_config`: quick
+    protocol schedules, no viewer, evaluation or checkpoints) on a nerfstudio-data scene at ``downscale``; ours
+    with its scored prunes and PSNR report off."""
+    from benchmarks.run import build_config
+    from benchmarks.scenes import SceneOptions
 
-    from benchmarks.run import SCALED
-
-    cfg = copy.deepcopy(all_methods[method])
-    for name in SCALED:
-        for obj in (cfg, cfg.pipeline.model):
-            if hasattr(obj, name):
-                setattr(obj, name, max(1, int(round(getattr(obj, name) * scale))))
-    cfg.pipeline.datamanager.dataparser = NerfstudioDataParserConfig(data=data, downscale_factor=downscale,
-                                                                     eval_mode="interval", eval_interval=8)
-    cfg.pipeline.datamanager.data = data
-    if method == OURS:
-        cfg.pipeline.model.scored_prune = False
-        cfg.pipeline.model.report_psnr = "off"
-    cfg.vis = "tensorboard"
-    cfg.steps_per_eval_image = cfg.steps_per_eval_batch = cfg.steps_per_eval_all_images = cfg.steps_per_save = NEVER
-    cfg.output_dir, cfg.timestamp = out, f"{method}-{downscale}"
+    flags = ["--pipeline.model.scored-prune", "False", "--pipeline.model.report-psnr", "off"] if method == OURS else []
+    cfg = build_config(method, flags, SceneOptions("nerfstudio-data", downscale=downscale), data, scale, "cuda", out, None)
+    cfg.timestamp = f"{method}-{downscale}"
     trainer = cfg.setup(local_rank=0, world_size=1)
     trainer.setup()
     return trainer
@@ -82,6 +68,8 @@ def install(trainer, gaussians: Dict[str, torch.Tensor], phase: str) -> None:
     updated in place), a fresh strategy state, the camera order from the sampler's seed, and no growing, pruning
     or opacity reset; ``phase`` densify keeps gsplat's per-step statistics update, refine skips it."""
     from nerfstudio.engine.optimizers import Optimizers
+
+    from benchmarks.run import NEVER
 
     model = trainer.pipeline.model
     for name, value in gaussians.items():
