@@ -3,6 +3,9 @@
     python -m benchmarks.report render benchmarks/results/fox-quick.json     # rewrite the .md and .png beside it
     python -m benchmarks.report merge INTO.json FROM.json                    # append FROM's runs to INTO
 
+Runs with a budget (``--pipeline.model.budget N`` among their flags, however they were launched) also form the
+same-count table: one row per (budget, rule, commit), the rule read from the method and its ``prune-method`` flag.
+
 A row of the table is one (method, variant, commit): every figure is a mean over its runs with the sample standard
 deviation (n - 1) and n. Speed figures (train s, speed-up, it/s, render ms, FPS) use timed runs only. "Stock" runs
 are ``splatfacto`` runs without ns-train flags (whatever their variant label); the Gaussian share is against their
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -91,6 +95,81 @@ def commit_of(run: Run) -> str:
 def is_stock(run: Run) -> bool:
     """Stock splatfacto: the method without ns-train flags (a variant name is only a label)."""
     return run["method"] == "splatfacto" and not run["config"].get("flags")
+
+
+def stock_mean_count(results: Dict[str, Any]) -> Optional[float]:
+    """Stock splatfacto's mean final count over the file's stock runs (None without one)."""
+    counts = [r["gaussians_final"] for r in results["runs"] if is_stock(r)]
+    return statistics.fmean(counts) if counts else None
+
+
+def flag_values(run: Run) -> Dict[str, str]:
+    """The run's ns-train flags as {flag: value} (``--a b`` and ``--a=b``; a flag without a value maps to "")."""
+    words, out, i = shlex.split(run["config"].get("flags") or ""), {}, 0
+    while i < len(words):
+        flag, eq, value = words[i].partition("=")
+        if not eq and i + 1 < len(words) and not words[i + 1].startswith("--"):
+            value, i = words[i + 1], i + 1
+        out[flag] = value
+        i += 1
+    return out
+
+
+BUDGET_FLAG, RULE_FLAG = "--pipeline.model.budget", "--pipeline.model.prune-method"
+
+
+def budget_of(run: Run) -> Optional[int]:
+    """The final count the run was asked for (its budget flag), None without one (or 0: off)."""
+    value = flag_values(run).get(BUDGET_FLAG)
+    return int(value) if value and int(value) > 0 else None
+
+
+def rule_of(run: Run) -> str:
+    """The pruning rule of a budget run: ``argp`` for splatfacto-argp(-big), else its prune-method (default
+    safeguard); a ``-big`` method and any other flags are appended, so runs that train differently never share a row."""
+    flags = flag_values(run)
+    rule = "argp" if run["method"].startswith("splatfacto-argp") else flags.get(RULE_FLAG, "safeguard")
+    rest = " ".join(f"{k} {v}".strip() for k, v in flags.items() if k not in (BUDGET_FLAG, RULE_FLAG))
+    return rule + (" (big)" if run["method"].endswith("-big") else "") + (f" [{rest}]" if rest else "")
+
+
+def same_count_rows(results: Dict[str, Any]) -> Dict[Tuple[int, str, str], List[Run]]:
+    """Budget runs grouped by (budget, rule, commit), budgets ascending, rules in order of their first run."""
+    out: Dict[Tuple[int, str, str], List[Run]] = {}
+    for r in results["runs"]:
+        n = budget_of(r)
+        if n is not None:
+            out.setdefault((n, rule_of(r), commit_of(r)), []).append(r)
+    return dict(sorted(out.items(), key=lambda kv: kv[0][0]))
+
+
+def same_count_table(results: Dict[str, Any]) -> Optional[str]:
+    """Markdown table of the budget runs (None without any): per budget, each rule's mean ± std PSNR (and its
+    difference from stock's mean), SSIM, final count and its distance from the budget, training time and render
+    time (timed runs only), rules by mean PSNR within a budget."""
+    grouped = same_count_rows(results)
+    if not grouped:
+        return None
+    stock_count = stock_mean_count(results)
+    stock_psnr = mean_std([r["psnr"] for r in results["runs"] if is_stock(r)])[0]
+    commits = len({k[2] for k in grouped})
+    head = ("| budget | % of splatfacto | rule | n | PSNR | vs stock dB | SSIM | Gaussians | off budget | train s | "
+            "render ms |\n" + "|---" * 11 + "|")
+    lines = []
+    for (n, rule, commit), runs in sorted(grouped.items(), key=lambda kv: (kv[0][0], -statistics.fmean(r["psnr"] for r in kv[1]))):
+        timed = [r for r in runs if is_timed(r)]
+        psnr = statistics.fmean(r["psnr"] for r in runs)
+        final = statistics.fmean(r["gaussians_final"] for r in runs)
+        lines.append(
+            f"| {n:,} | {'–' if stock_count is None else format(100.0 * n / stock_count, '.0f')} | "
+            f"{rule}{f' @{commit}' if commits > 1 else ''} | {len(runs)} | {pm([r['psnr'] for r in runs], '.2f')} | "
+            f"{'–' if stock_psnr is None else format(psnr - stock_psnr, '+.2f')} | {pm([r['ssim'] for r in runs], '.3f')} | "
+            f"{pm([r['gaussians_final'] for r in runs], ',.0f')} | {100.0 * (final - n) / n:+.1f} % | "
+            f"{pm([r['train_seconds'] for r in timed], '.0f')} | {pm([r['render_ms'] for r in timed], '.2f')} |")
+    notes = ["", "Runs with --pipeline.model.budget N, by budget; within a budget the rules by mean PSNR. \"vs stock\": "
+                 "the row's mean PSNR minus stock splatfacto's mean; \"off budget\": (mean final count - N) / N; train s "
+                 "and render ms over timed runs only."]
+    return "\n".join(["#### Same count", "", head, *lines, *notes])
 
 
 def row_key(run: Run) -> RowKey:
@@ -174,7 +253,7 @@ def row_name(key: RowKey, commits: int) -> str:
 def table(results: Dict[str, Any]) -> str:
     """Markdown table: one row per (method, variant, commit), mean ± std and n (see the module's docstring)."""
     stock = [r for r in results["runs"] if is_stock(r)]
-    stock_count = statistics.fmean([r["gaussians_final"] for r in stock]) if stock else None
+    stock_count = stock_mean_count(results)
     grouped = rows(results)
     commits = len({k[2] for k in grouped})
     head = ("| method | n | timed | PSNR | SSIM | LPIPS | Gaussians | % of splatfacto | peak | train s | speed-up | "
@@ -201,25 +280,58 @@ def table(results: Dict[str, Any]) -> str:
                      f"({min(r['psnr'] for r in stock):.2f}-{max(r['psnr'] for r in stock):.2f}), "
                      f"{stock_count:,.0f} Gaussians: the 100 % of the share column. Speed-ups: mean stock time over "
                      "the row's mean on the same host (one ratio per host), else (*) against the fastest stock host.")
-    return "\n".join([f"### {title}", "", head, *lines, *notes, "", f"Command: `{results['command']}`"])
+    same = same_count_table(results)
+    return "\n".join([f"### {title}", "", head, *lines, *notes, *(["", same] if same else []), "",
+                      f"Command: `{results['command']}`"])
 
 
-def plot(results: Dict[str, Any], path: Path) -> None:
-    """PSNR against final Gaussian count: one point per row with std error bars on both axes, stock splatfacto's
-    mean ± std PSNR as a horizontal band."""
+def _axes():
+    """A fresh figure and axes for the PSNR-vs-count plots (matplotlib without a display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    return plt.subplots(figsize=(6.5, 4.2))
+
+
+def _stock_band(ax, results: Dict[str, Any]) -> bool:
+    """Stock splatfacto's mean ± std PSNR as a horizontal band with its mean dashed; False without stock runs."""
     stock = [r["psnr"] for r in results["runs"] if is_stock(r)]
-    if stock:
-        mean, std = mean_std(stock)
-        ax.axhspan(mean - (std or 0.0), mean + (std or 0.0), color="0.85", zorder=0,
-                   label=f"stock splatfacto {mean:.2f} ± {std or 0.0:.2f} dB (n={len(stock)})")
-        ax.axhline(mean, color="0.5", lw=0.8, ls="--", zorder=1)
-    grouped = rows(results)
+    if not stock:
+        return False
+    mean, std = mean_std(stock)
+    ax.axhspan(mean - (std or 0.0), mean + (std or 0.0), color="0.85", zorder=0,
+               label=f"stock splatfacto {mean:.2f} ± {std or 0.0:.2f} dB (n={len(stock)})")
+    ax.axhline(mean, color="0.5", lw=0.8, ls="--", zorder=1)
+    return True
+
+
+def _save(fig, ax, results: Dict[str, Any], path: Path, legend: bool, what: str = "") -> None:
+    """Log count axis, labels, title and legend; write ``path``."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        axis(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_xlabel("final Gaussians (mean ± std)")
+    ax.set_ylabel("PSNR (dB, mean ± std)")
+    ax.set_title(f"{results['scene']}{what} ({results['protocol']}, x{results['scale']}, {results['gpu']})", fontsize=9)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot(results: Dict[str, Any], path: Path) -> None:
+    """PSNR against final Gaussian count: one point per row with std error bars on both axes, stock splatfacto's
+    mean ± std PSNR as a horizontal band. Budget runs are left to :func:`plot_same_count`."""
+    fig, ax = _axes()
+    stock = _stock_band(ax, results)
+    grouped = {k: v for k, v in rows(results).items() if not any(budget_of(r) for r in v)}
     commits = len({k[2] for k in grouped})
     for key, runs in grouped.items():
         (x, dx), (y, dy) = mean_std([r["gaussians_final"] for r in runs]), mean_std([r["psnr"] for r in runs])
@@ -228,16 +340,27 @@ def plot(results: Dict[str, Any], path: Path) -> None:
                     color="black" if base else None, capsize=3, zorder=3)
         label = (key[1] or key[0]) + (f" @{key[2]}" if commits > 1 else "") + f" (n={len(runs)})"
         ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("final Gaussians (mean ± std)")
-    ax.set_ylabel("PSNR (dB, mean ± std)")
-    ax.set_title(f"{results['scene']} ({results['protocol']}, x{results['scale']}, {results['gpu']})", fontsize=9)
-    ax.grid(alpha=0.3)
-    if stock:
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, results, path, stock)
+
+
+def plot_same_count(results: Dict[str, Any], path: Path) -> bool:
+    """The same-count plot: per rule (and commit), mean ± std PSNR against mean ± std final count at each budget,
+    joined by a line, over stock splatfacto's band. False (nothing written) without budget runs."""
+    grouped = same_count_rows(results)
+    if not grouped:
+        return False
+    fig, ax = _axes()
+    _stock_band(ax, results)
+    commits = len({k[2] for k in grouped})
+    lines: Dict[str, List[Tuple[float, float, float, float]]] = {}
+    for (_, rule, commit), runs in grouped.items():
+        (x, dx), (y, dy) = mean_std([r["gaussians_final"] for r in runs]), mean_std([r["psnr"] for r in runs])
+        lines.setdefault(rule + (f" @{commit}" if commits > 1 else ""), []).append((x, dx or 0.0, y, dy or 0.0))
+    for label, pts in lines.items():
+        xs, dxs, ys, dys = zip(*sorted(pts))
+        ax.errorbar(xs, ys, xerr=dxs, yerr=dys, fmt="o-", ms=5, capsize=3, lw=1, label=label, zorder=3)
+    _save(fig, ax, results, path, True, ", same count")
+    return True
 
 
 def write_outputs(results: Dict[str, Any], path: Path) -> str:
@@ -249,10 +372,12 @@ def write_outputs(results: Dict[str, Any], path: Path) -> str:
 
 
 def render(results: Dict[str, Any], path: Path) -> str:
-    """Write the markdown table and the plot beside the JSON ``path``; returns the table."""
+    """Write the markdown table and the plot beside the JSON ``path`` (and ``<name>-same-count.png`` where the file
+    holds budget runs); returns the table."""
     text = table(results)
     path.with_suffix(".md").write_text(text + "\n")
     plot(results, path.with_suffix(".png"))
+    plot_same_count(results, path.with_name(path.stem + "-same-count.png"))
     return text
 
 

@@ -4,6 +4,7 @@
         --methods splatfacto,splatfacto-argp,splatfacto-safeguard --repeats 3 [--parallel 3] [--time-budget 540] \
         [--variant "argp-hidden=splatfacto-argp:--pipeline.model.irp-mode hidden"]
     python -m benchmarks.run --scene mine --data <folder> --dataparser colmap --colmap-path sparse/0 --methods ...
+    python -m benchmarks.run --scene fox --data <fox> --budgets 0.1,0.2,0.3 [--rules argp,safeguard,...] --repeats 2
 
 Each run is trained by ``nerfstudio.engine.trainer.Trainer`` from the registered method config (periodic
 evaluation and the viewer off) in a fresh spawned process (``--parallel K``: K at once, recorded as not timed),
@@ -37,7 +38,7 @@ import torch
 
 from argp_ns.model import eval_pairs
 from benchmarks import scenes
-from benchmarks.report import load_results, merge_run, table, write_outputs
+from benchmarks.report import load_results, merge_run, stock_mean_count, table, write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +50,47 @@ NEVER = 10**9
 MARK_EVERY = 500
 # mesh libraries nerfstudio's exporter script imports at its top; ExportGaussianSplat never calls them
 EXPORTER_OPTIONAL = ("open3d", "pymeshlab", "xatlas", "mediapy")
+
+
+# the pruning rules of the same-count table: rule -> (method, the ns-train flags that select the rule)
+RULES: Dict[str, Tuple[str, List[str]]] = {
+    "argp": ("splatfacto-argp", []),
+    **{rule: ("splatfacto-safeguard", ["--pipeline.model.prune-method", rule])
+       for rule in ("safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat")},
+}
+
+
+def budget_counts(text: str, stock_count: Optional[float]) -> List[int]:
+    """The final counts asked for by ``--budgets``: a value in (0, 1) is that fraction of ``stock_count`` (stock
+    splatfacto's mean final count), a whole number >= 1 is a count. One-line SystemExit on anything else."""
+    counts = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        try:
+            value = float(item)
+        except ValueError:
+            raise SystemExit(f"benchmarks: --budgets takes fractions in (0, 1) or whole counts >= 1, got {item!r}") from None
+        if 0.0 < value < 1.0:
+            if stock_count is None:
+                raise SystemExit("benchmarks: a --budgets fraction needs stock splatfacto's mean count: no stock run in "
+                                 "the results file; give --budget-base N or run --methods splatfacto first")
+            counts.append(max(1, round(value * stock_count)))
+        elif value >= 1.0 and value == int(value):
+            counts.append(int(value))
+        else:
+            raise SystemExit(f"benchmarks: --budgets takes fractions in (0, 1) or whole counts >= 1, got {item!r}")
+    if not counts:
+        raise SystemExit("benchmarks: --budgets is empty")
+    return counts
+
+
+def budget_jobs(counts: List[int], rules: List[str]) -> List[Tuple[str, str, List[str]]]:
+    """(method, variant, flags) of every rule at every count: variant ``<rule>-b<N>``, flags the rule's and
+    ``--pipeline.model.budget N``."""
+    unknown = [r for r in rules if r not in RULES]
+    if unknown:
+        raise SystemExit(f"benchmarks: unknown rule {unknown[0]!r}: one of {', '.join(RULES)}")
+    return [(RULES[rule][0], f"{rule}-b{n}", [*RULES[rule][1], "--pipeline.model.budget", str(n)])
+            for n in counts for rule in rules]
 
 
 def parse_variant(text: str) -> Tuple[str, str, List[str]]:
@@ -355,6 +397,13 @@ def main(argv: Optional[List[str]] = None) -> Path:
     p.add_argument("--scale", type=float, default=None, help="quick protocol's schedule factor (default 0.5; paper: 1)")
     p.add_argument("--methods", default="", help="comma-separated ns-train method names")
     p.add_argument("--variant", action="append", default=[], help="name=method:flags (flags as on ns-train)")
+    p.add_argument("--budgets", default=None,
+                   help="same-count runs: comma-separated final counts, or fractions in (0, 1) of stock splatfacto's mean "
+                        "count in the results file (or of --budget-base); every --rules rule runs at each")
+    p.add_argument("--rules", default=",".join(RULES), help=f"rules of --budgets (default all: {','.join(RULES)})")
+    p.add_argument("--budget-base", type=float, default=None,
+                   help="the count --budgets fractions are taken of (default: stock splatfacto's mean in the results file)")
+    p.add_argument("--flags", default="", help="ns-train flags for every run of the command, before each run's own")
     p.add_argument("--repeats", type=int, default=3, help="runs of every method and variant (default 3)")
     p.add_argument("--parallel", type=int, default=1, help="runs at once on the one GPU; above 1 they are not timed")
     p.add_argument("--time-budget", type=float, default=None,
@@ -373,13 +422,19 @@ def main(argv: Optional[List[str]] = None) -> Path:
     scenes.check_data(args.scene_options, args.data)
     args.scale = 1.0 if args.protocol == "paper" else (args.scale or 0.5)
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1" if args.device == "cpu" else "0")
-    todo = [(m, None, []) for m in args.methods.split(",") if m] + [(m, n, f) for n, m, f in map(parse_variant, args.variant)]
-    if not todo:
-        raise SystemExit("benchmarks: nothing to run: give --methods or --variant")
-    check_methods([m for m, _, _ in todo], args.device)
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     path = args.out / f"{args.scene}-{args.protocol}.json"
     results = load_results(path, args.scene, args.protocol, args.scale, gpu)  # refuses a mismatch before training
+    todo = [(m, None, []) for m in args.methods.split(",") if m] + [(m, n, f) for n, m, f in map(parse_variant, args.variant)]
+    if args.budgets is not None:
+        if args.budget_base is not None and args.budget_base <= 0:
+            raise SystemExit(f"benchmarks: --budget-base must be positive, got {args.budget_base:g}")
+        base = args.budget_base if args.budget_base is not None else stock_mean_count(results)
+        todo += budget_jobs(budget_counts(args.budgets, base), [r.strip() for r in args.rules.split(",") if r.strip()])
+    if not todo:
+        raise SystemExit("benchmarks: nothing to run: give --methods, --variant or --budgets")
+    todo = [(m, v, shlex.split(args.flags) + f) for m, v, f in todo]
+    check_methods([m for m, _, _ in todo], args.device)
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     commit = source_commit()
 

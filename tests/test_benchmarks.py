@@ -229,3 +229,94 @@ def test_report_merges_files_and_refuses_other_gpus(tmp_path):
 def test_variant_parsing():
     assert run.parse_variant("x=splatfacto-argp:--pipeline.model.irp-mode hidden") == (
         "x", "splatfacto-argp", ["--pipeline.model.irp-mode", "hidden"])
+
+
+# --- the same-count table: budget runs -------------------------------------------------------------------------------
+def _budget(rule, n, psnr, final, method=None, extra="", **kw):
+    """A budget run of ``rule`` at ``n`` (its flags as --budgets writes them)."""
+    method = method or run.RULES[rule][0]
+    flags = " ".join([*run.RULES[rule][1], "--pipeline.model.budget", str(n)]) + (" " + extra if extra else "")
+    entry = _run(method, variant=f"{rule}-b{n}", psnr=psnr, n=final, **kw)
+    return {**entry, "config": {**entry["config"], "flags": flags}}
+
+
+def test_budgets_are_fractions_of_the_stock_mean_or_counts():
+    assert run.budget_counts("0.1, 0.25,5000", 1000.4) == [100, 250, 5000]
+    for text, err in (("0.1", "needs stock splatfacto's mean count"), ("1.5", "got '1.5'"), ("-3", "got '-3'"),
+                      ("x", "got 'x'"), ("", "--budgets is empty")):
+        with pytest.raises(SystemExit, match=re.escape(err)):
+            run.budget_counts(text, None if text == "0.1" else 1000.0)
+    jobs = run.budget_jobs([100, 250], ["argp", "radsplat"])
+    assert jobs == [("splatfacto-argp", "argp-b100", ["--pipeline.model.budget", "100"]),
+                    ("splatfacto-safeguard", "radsplat-b100", ["--pipeline.model.prune-method", "radsplat", "--pipeline.model.budget", "100"]),
+                    ("splatfacto-argp", "argp-b250", ["--pipeline.model.budget", "250"]),
+                    ("splatfacto-safeguard", "radsplat-b250", ["--pipeline.model.prune-method", "radsplat", "--pipeline.model.budget", "250"])]
+    assert set(run.RULES) == {"argp", "safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat"}
+    with pytest.raises(SystemExit, match="unknown rule 'topk'"):
+        run.budget_jobs([100], ["topk"])
+
+
+def test_budget_fractions_read_the_stock_mean_of_the_results_file(tmp_path, monkeypatch):
+    stock = _results([_run("splatfacto", n=1000), _run("splatfacto", n=3000)])
+    stock["gpu"] = "cpu"
+    report.write_outputs(stock, tmp_path / "demo-quick.json")
+    seen = {}
+    monkeypatch.setattr(run, "check_methods", lambda methods, device: seen.setdefault("methods", methods))
+    monkeypatch.setattr(run, "run_all", lambda todo, *a: seen.setdefault("todo", todo) and 0)
+    demo = tmp_path / "scene"
+    demo.mkdir()
+    (demo / "transforms_train.json").write_text("{}")
+    common = ["--scene", "demo", "--data", str(demo), "--out", str(tmp_path), "--device", "cpu", "--repeats", "2"]
+    run.main(common + ["--budgets", "0.1,500", "--rules", "argp,lightgaussian", "--flags", "--pipeline.model.report-psnr off"])
+    todo = seen["todo"]
+    assert len(todo) == 8 and todo[:4] == todo[4:]  # repeat-major
+    assert [(m, v) for m, v, _ in todo[:4]] == [("splatfacto-argp", "argp-b200"), ("splatfacto-safeguard", "lightgaussian-b200"),
+                                                ("splatfacto-argp", "argp-b500"), ("splatfacto-safeguard", "lightgaussian-b500")]
+    assert todo[1][2] == ["--pipeline.model.report-psnr", "off", "--pipeline.model.prune-method", "lightgaussian",
+                          "--pipeline.model.budget", "200"]  # --flags first, the rule's own after
+    with pytest.raises(SystemExit, match="--budget-base must be positive"):
+        run.main(common + ["--budgets", "0.1", "--budget-base", "0"])
+
+
+def test_same_count_table_ranks_rules_within_a_budget(tmp_path):
+    data = _results([_run("splatfacto", psnr=30.0, n=1000), _run("splatfacto", psnr=31.0, n=1000),
+                     _budget("argp", 100, 29.0, 100), _budget("argp", 100, 30.0, 100),
+                     _budget("radsplat", 100, 30.5, 104, timed=False),
+                     _budget("safeguard", 300, 30.2, 300), _budget("argp", 300, 30.6, 297),
+                     _budget("argp", 100, 25.0, 100, extra="--pipeline.model.irp-mode hidden"),
+                     _budget("safeguard", 300, 28.0, 300, method="splatfacto-safeguard-big")])
+    text = report.same_count_table(data)
+    lines = [ln.split(" | ") for ln in text.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
+    assert [(ln[0][2:], ln[2]) for ln in lines] == [
+        ("100", "radsplat"), ("100", "argp"), ("100", "argp [--pipeline.model.irp-mode hidden]"),
+        ("300", "argp"), ("300", "safeguard"), ("300", "safeguard (big)")]
+    radsplat, argp = lines[0], lines[1]
+    assert radsplat[1] == "10" and radsplat[3] == "1" and radsplat[5] == "+0.00"  # stock mean 30.5 dB, 1,000 Gaussians
+    assert radsplat[8] == "+4.0 %" and radsplat[9] == "–"  # 104 against 100; its one run shared the GPU: no time
+    assert argp[3:6] == ["2", "29.50 ± 0.71", "-1.00"] and argp[8] == "+0.0 %" and argp[9] == "100 ± 0"
+    assert lines[3][8] == "-1.0 %"
+    assert "#### Same count" in report.table(data)  # the results' markdown carries it
+    report.render(data, tmp_path / "demo-quick.json")
+    assert (tmp_path / "demo-quick-same-count.png").stat().st_size > 0 and (tmp_path / "demo-quick.png").exists()
+    assert report.same_count_table(_results([_run()])) is None
+    report.render(_results([_run()]), tmp_path / "plain.json")
+    assert not (tmp_path / "plain-same-count.png").exists()
+
+
+def test_budget_flag_forms():
+    for flags, n in (("--pipeline.model.budget 50", 50), ("--pipeline.model.budget=50 --x y", 50),
+                     ("--pipeline.model.budget 0", None), ("--pipeline.model.irp-mode hidden", None)):
+        assert report.budget_of({"config": {"flags": flags}}) == n
+    assert report.flag_values({"config": {"flags": "--a --b 2 --c=3"}}) == {"--a": "", "--b": "2", "--c": "3"}
+
+
+@pytest.mark.slow
+def test_a_budget_sweep_lands_through_the_harness(demo_scene, tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "source_commit", lambda: "abc1234")
+    path = run.main(["--scene", "demo", "--data", str(demo_scene), "--device", "cpu", "--steps", "30", "--out", str(tmp_path),
+                     "--repeats", "1", "--budgets", "0.5", "--budget-base", "1000", "--rules", "argp",
+                     "--flags", FLAGS + " --pipeline.model.report-psnr off"])
+    data = json.loads(path.read_text())
+    (r,) = data["runs"]
+    assert r["variant"] == "argp-b500" and r["gaussians_final"] == 500
+    assert report.budget_of(r) == 500 and "| 500 | – | argp [" in path.with_suffix(".md").read_text()
