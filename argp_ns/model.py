@@ -25,7 +25,8 @@ from argp_ns.panel import LivePanel, panel_text
 from argp_ns.report import PruningReport
 from argp_ns.scores import ScoreSpec
 from argp_ns.scoring import View, score_views
-from argp_ns.strategy import IRP_PRESETS, ArgpStrategy, IrpMode, IrpPreset, PruneMethod, SafeguardStrategy, is_refine_step
+from argp_ns.strategy import (IRP_PRESETS, ArgpStrategy, FinalRound, IrpMode, IrpPreset, PruneMethod, SafeguardStrategy,
+                              is_refine_step)
 from argp_ns.train_step import psnr_from_mse, scale_regularisation, training_loss
 
 
@@ -415,6 +416,11 @@ class SplatfactoArgpModelConfig(PruningModelConfig):
     budget: int = 0
     """Final number of Gaussians (0: off). The IRP recover ratio is solved from the count at the first round so that the
     last round lands on it by recovery score; a count already within it after densification: AOP only."""
+    final_round: FinalRound = "irp"
+    """Last IRP round: irp (delete the candidates by recovery score, as published) or safeguard (keep SafeguardGS's
+    per-pixel top-k union of all Gaussians; with a budget, its N best by pixels won, then summed score)."""
+    top_k: int = 1
+    """final-round safeguard: the per-pixel top-k (1..32 on the CUDA pass)."""
 
     def irp_ratios(self) -> Tuple[float, float]:
         """(mark_ratio, recover_ratio): the preset's pair, each replaced by its flag when given."""
@@ -432,10 +438,11 @@ class SplatfactoArgpModel(PruningModel):
         mark_ratio, recover_ratio = c.irp_ratios()
         return ArgpStrategy(**base, prune_quantile=c.prune_quantile, opacity_floor=c.aop_opacity_floor, irp_start=c.irp_start, irp_every=c.irp_every,
                             irp_last=c.irp_last, mark_ratio=mark_ratio, recover_ratio=recover_ratio, irp_mode=c.irp_mode,
-                            budget=c.budget)
+                            budget=c.budget, final_round=c.final_round, top_k=c.top_k)
 
     def score_pass_options(self) -> Dict[str, Any]:
-        return {"k": 1, "tile_scope": False, "recovery": True}
+        c = self.config
+        return {"k": c.top_k, "tile_scope": False, "recovery": True, "counts": c.budget > 0 and c.final_round == "safeguard"}
 
 
 @dataclass

@@ -20,6 +20,7 @@ from torch import Tensor
 IrpMode = Literal["moments", "frozen", "hidden"]
 PruneMethod = Literal["safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat"]
 IrpPreset = Literal["released", "earlier"]
+FinalRound = Literal["irp", "safeguard"]
 IRP_PRESETS: Dict[str, Tuple[float, float]] = {"released": (0.7, 0.4), "earlier": (0.5, 0.35)}
 """(mark_ratio, recover_ratio) of the official code's last commit (about 14.9 % of the count at the first round is
 left) and of its earlier commits (about 20.4 %)."""
@@ -85,6 +86,14 @@ def check_budget(budget: int, n: int, rule: str) -> None:
         raise PruneError(f"{rule}: budget must be a positive integer, got {budget}")
     if budget >= n:
         raise PruneError(f"{rule}: budget {budget:,} is not below the current count {n:,}")
+
+
+def topk_ranking(scores: Dict[str, Tensor]) -> Tensor:
+    """Every Gaussian, best first, by the per-pixel top-k: ``wins`` (pixels x views whose top-k holds it)
+    descending, then ``sum_score`` (its score summed over every pixel it contributes to) descending, then lower
+    index; so the top-k union (wins > 0) comes first, most-winning first."""
+    by_score = torch.sort(scores["sum_score"], descending=True, stable=True).indices
+    return by_score[torch.sort(scores["wins"][by_score], descending=True, stable=True).indices]
 
 
 def irp_final_count(n: float, c: float, mark_ratio: float, recover_ratio: float, later: int) -> float:
@@ -160,6 +169,10 @@ class ArgpStrategy(SyncFreeStrategy):
     Gaussians and c_0 = m n_0 marked that is the released schedule with n_L(r) = N), and R_last deletes exactly
     the ``n - N`` lowest-scored candidates, landing on N (above it only when fewer candidates are left; said in
     one line). When the count at a round is already <= N, IRP marks and deletes nothing (AOP only).
+
+    Final round ``safeguard`` (AOP + IRP + pixel-level top-k): R_last deletes, instead of the low-scored candidates,
+    every Gaussian outside the per-pixel top-``top_k`` union of the pass (``scores["keep"]``, SafeguardGS's rule over
+    all Gaussians); with a budget, all but the N best by :func:`topk_ranking`. The rounds before it are unchanged.
     """
 
     prune_quantile: float = 0.01
@@ -171,6 +184,8 @@ class ArgpStrategy(SyncFreeStrategy):
     recover_ratio: float = 0.4
     irp_mode: IrpMode = "moments"
     budget: int = 0
+    final_round: FinalRound = "irp"
+    top_k: int = 1
 
     def check_config(self, max_steps: int) -> None:
         """Fail at start with one line on an invalid setting."""
@@ -193,6 +208,10 @@ class ArgpStrategy(SyncFreeStrategy):
             raise ValueError(f"budget must be a positive integer (0: off), got {self.budget}")
         if self.budget and len(self.irp_rounds()) < 2:
             raise ValueError(f"budget needs at least two IRP rounds (irp_start={self.irp_start}, irp_last={self.irp_last})")
+        if self.final_round not in ("irp", "safeguard"):
+            raise ValueError(f"final_round must be irp or safeguard, got {self.final_round!r}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
 
     def irp_rounds(self) -> Tuple[int, ...]:
         """Steps of the IRP rounds: irp_start, irp_start + irp_every, ..., up to irp_last."""
@@ -207,8 +226,11 @@ class ArgpStrategy(SyncFreeStrategy):
         for nxt in range((step // self.refine_every + 1) * self.refine_every, self.refine_stop_iter, self.refine_every):
             if is_refine_step(self, nxt):
                 return nxt, "aop"
-        later = [r for r in self.irp_rounds() if r > step]
-        return (later[0], "irp") if later else (None, "")
+        rounds = self.irp_rounds()
+        later = [r for r in rounds if r > step]
+        if not later:
+            return None, ""
+        return later[0], self.final_round if later[0] == rounds[-1] else "irp"
 
     def scores_due(self, step: int) -> bool:
         """True at rounds that need the recovery score (every round but the first)."""
@@ -234,7 +256,8 @@ class ArgpStrategy(SyncFreeStrategy):
         return unmarked & (opa < quantile(opa[unmarked], self.mark_ratio))
 
     def score_round(self, params, optimizers, state: Dict[str, Any], step: int, scores: Optional[Dict[str, Tensor]]) -> List[Dict[str, Any]]:
-        """One IRP round at ``step`` (see the class doc); ``scores["recovery"]`` is needed after R_0."""
+        """One IRP round at ``step`` (see the class doc); ``scores["recovery"]`` is needed after R_0 (final round
+        safeguard: ``scores["keep"]``, with a budget also ``wins`` and ``sum_score``)."""
         rounds = self.irp_rounds()
         n = params["means"].shape[0]
         met = 0 < self.budget and n <= self.budget  # the budget is met: IRP marks and deletes nothing
@@ -246,9 +269,13 @@ class ArgpStrategy(SyncFreeStrategy):
         if step != rounds[0] and not met:
             if scores is None:
                 raise ValueError(f"IRP round at step {step} needs recovery scores")
-            delete = self._irp_delete(state["irp_candidates"], scores["recovery"], len(rounds) - 1 - rounds.index(step), step)
+            rule = self.final_round if step == rounds[-1] else "irp"
+            if rule == "safeguard":
+                delete = remove_all_but(topk_ranking(scores)[: self.budget], n) if self.budget else ~scores["keep"]
+            else:
+                delete = self._irp_delete(state["irp_candidates"], scores["recovery"], len(rounds) - 1 - rounds.index(step), step)
             state["irp_new"] = new
-            events.append(prune(params, optimizers, state, delete, step, "irp"))
+            events.append(prune(params, optimizers, state, delete, step, rule))
             new = state.pop("irp_new")
         state["irp_candidates"] = new
         zero_moments(optimizers, params.keys(), new)
@@ -372,13 +399,11 @@ class SafeguardStrategy(SyncFreeStrategy):
 
     def ranking(self, params, scores: Dict[str, Tensor]) -> Tensor:
         """Every Gaussian, best first, by the rule's own importance (ties: lower index first):
-        safeguard / efficientgs: ``wins`` (pixels x views where it is in the per-pixel top-k) descending, then
-        ``sum_score`` (its score summed over every pixel it contributes to), so the top-k union (wins > 0) comes
-        first, most-winning first; lightgaussian: significance; minisplatting: sum of w; radsplat: max of w."""
+        safeguard / efficientgs: :func:`topk_ranking` (the top-k union first, most-winning first); lightgaussian:
+        significance; minisplatting: sum of w; radsplat: max of w."""
         m = self.prune_method
         if m in ("safeguard", "efficientgs"):
-            by_score = torch.sort(scores["sum_score"], descending=True, stable=True).indices
-            return by_score[torch.sort(scores["wins"][by_score], descending=True, stable=True).indices]
+            return topk_ranking(scores)
         if m == "lightgaussian":
             key = self._significance(params, scores)
         elif m in ("minisplatting", "radsplat"):

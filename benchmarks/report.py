@@ -115,7 +115,7 @@ def flag_values(run: Run) -> Dict[str, str]:
     return out
 
 
-BUDGET_FLAG, RULE_FLAG = "--pipeline.model.budget", "--pipeline.model.prune-method"
+BUDGET_FLAG, RULE_FLAG, FINAL_FLAG = "--pipeline.model.budget", "--pipeline.model.prune-method", "--pipeline.model.final-round"
 
 
 def budget_of(run: Run) -> Optional[int]:
@@ -125,11 +125,16 @@ def budget_of(run: Run) -> Optional[int]:
 
 
 def rule_of(run: Run) -> str:
-    """The pruning rule of a budget run: ``argp`` for splatfacto-argp(-big), else its prune-method (default
-    safeguard); a ``-big`` method and any other flags are appended, so runs that train differently never share a row."""
+    """The pruning rule of a budget run: ``argp`` for splatfacto-argp(-big) (``argp+safeguard`` with a safeguard final
+    round), else its prune-method (default safeguard); a ``-big`` method and any other flags are appended, so runs that
+    train differently never share a row."""
     flags = flag_values(run)
-    rule = "argp" if run["method"].startswith("splatfacto-argp") else flags.get(RULE_FLAG, "safeguard")
-    rest = " ".join(f"{k} {v}".strip() for k, v in flags.items() if k not in (BUDGET_FLAG, RULE_FLAG))
+    if run["method"].startswith("splatfacto-argp"):
+        final = flags.get(FINAL_FLAG, "irp")
+        rule, own = "argp" + ("" if final == "irp" else "+" + final), (BUDGET_FLAG, FINAL_FLAG)
+    else:
+        rule, own = flags.get(RULE_FLAG, "safeguard"), (BUDGET_FLAG, RULE_FLAG)
+    rest = " ".join(f"{k} {v}".strip() for k, v in flags.items() if k not in own)
     return rule + (" (big)" if run["method"].endswith("-big") else "") + (f" [{rest}]" if rest else "")
 
 

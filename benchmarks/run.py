@@ -57,6 +57,7 @@ RULES: Dict[str, Tuple[str, List[str]]] = {
     "argp": ("splatfacto-argp", []),
     **{rule: ("splatfacto-safeguard", ["--pipeline.model.prune-method", rule])
        for rule in ("safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat")},
+    "argp+safeguard": ("splatfacto-argp", ["--pipeline.model.final-round", "safeguard"]),
 }
 
 

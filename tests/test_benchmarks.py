@@ -251,7 +251,8 @@ def test_budgets_are_fractions_of_the_stock_mean_or_counts():
                     ("splatfacto-safeguard", "radsplat-b100", ["--pipeline.model.prune-method", "radsplat", "--pipeline.model.budget", "100"]),
                     ("splatfacto-argp", "argp-b250", ["--pipeline.model.budget", "250"]),
                     ("splatfacto-safeguard", "radsplat-b250", ["--pipeline.model.prune-method", "radsplat", "--pipeline.model.budget", "250"])]
-    assert set(run.RULES) == {"argp", "safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat"}
+    assert set(run.RULES) == {"argp", "safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat", "argp+safeguard"}
+    assert report.rule_of(_budget("argp+safeguard", 100, 30.0, 100)) == "argp+safeguard"
     with pytest.raises(SystemExit, match="unknown rule 'topk'"):
         run.budget_jobs([100], ["topk"])
 

@@ -11,7 +11,7 @@ from test_strategy import assert_aligned, make_params
 from argp_ns.scores import ScoreSpec, family_score
 from argp_ns.scoring import score_views
 from argp_ns.strategy import (IRP_PRESETS, ArgpStrategy, PruneError, SafeguardStrategy, check_budget, irp_final_count,
-                              solve_recover_ratio)
+                              solve_recover_ratio, topk_ranking)
 
 RULES = ("safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat")
 
@@ -109,6 +109,67 @@ def test_argp_budget_config_errors_are_one_line():
             ArgpStrategy(refine_stop_iter=12000, **kwargs).check_config(30000)
         assert "\n" not in str(err.value)
     ArgpStrategy(refine_stop_iter=12000, budget=100).check_config(30000)
+
+
+# --- ARGP with the SafeguardGS prune as its final round ----------------------------------------------------------
+def tagged_rounds(strat: ArgpStrategy, n: int, last_scores):
+    """The IRP rounds of ``strat`` on n tagged Gaussians (``means[:, 0]`` = original index), random recovery scores
+    before the last round and ``last_scores(ids)`` (totals of the live Gaussians) at it. Returns (ids alive before
+    the last round, ids kept, count after each round, events)."""
+    params, optimizers = make_params(n, seed=8)
+    params["means"].data[:, 0] = torch.arange(n).float()
+    state, counts, g = strat.initialize_state(), [], torch.Generator().manual_seed(9)
+    rounds = strat.irp_rounds()
+    for step in rounds:
+        live = params["means"][:, 0].long()
+        scores = {"recovery": torch.rand(live.numel(), generator=g)} if strat.scores_due(step) else None
+        if step == rounds[-1]:
+            scores.update(last_scores(live))
+            before = live.tolist()
+        strat.score_round(params, optimizers, state, step, scores)
+        assert_aligned(params, optimizers, state)
+        counts.append(params["means"].shape[0])
+    return before, params["means"][:, 0].long().tolist(), counts, state["events"]
+
+
+def test_final_round_safeguard_keeps_the_topk_union():
+    n = 5000
+    union = torch.rand(n, generator=torch.Generator().manual_seed(3)) < 0.08
+    totals = lambda live: {"keep": union[live]}  # noqa: E731
+    _, _, irp_counts, _ = tagged_rounds(ArgpStrategy(refine_stop_iter=12000), n, totals)
+    before, kept, counts, events = tagged_rounds(ArgpStrategy(refine_stop_iter=12000, final_round="safeguard"), n, totals)
+    assert counts[:-1] == irp_counts[:-1]  # the rounds before the last are IRP's
+    assert kept == [i for i in before if union[i]]  # exactly the union among the live ones, order kept
+    assert [e["rule"] for e in events] == ["irp"] * (len(events) - 1) + ["safeguard"]
+    strat = ArgpStrategy(refine_stop_iter=12000, final_round="safeguard")
+    assert strat.next_prune(24000) == (27000, "safeguard") and strat.next_prune(20000) == (21000, "irp")
+
+
+@pytest.mark.parametrize("budget", [400, 1500])
+def test_final_round_safeguard_budget_keeps_the_best_by_wins(budget):
+    n = 20_000
+    g = torch.Generator().manual_seed(11)
+    wins = torch.where(torch.rand(n, generator=g) < 0.05, torch.randint(1, 4, (n,), generator=g), 0)
+    sum_score = torch.rand(n, generator=g).double()
+    totals = lambda live: {"keep": wins[live] > 0, "wins": wins[live], "sum_score": sum_score[live]}  # noqa: E731
+    before, kept, counts, events = tagged_rounds(
+        ArgpStrategy(refine_stop_iter=12000, final_round="safeguard", budget=budget), n, totals)
+    assert len(before) > budget and counts[-1] == budget and events[-1]["rule"] == "safeguard"
+    best = sorted(before, key=lambda i: (-int(wins[i]), -float(sum_score[i]), i))[:budget]
+    assert kept == sorted(best)
+
+
+def test_topk_ranking_orders_by_wins_then_summed_score_then_index():
+    s = {"wins": torch.tensor([3, 0, 3, 1, 0]), "sum_score": torch.tensor([0.1, 0.9, 0.5, 0.2, 0.9]).double()}
+    assert topk_ranking(s).tolist() == [2, 0, 3, 1, 4]
+
+
+def test_final_round_config_errors_are_one_line():
+    for kwargs, text in (({"final_round": "lightgaussian"}, "final_round must be irp or safeguard"),
+                         ({"final_round": "safeguard", "top_k": 0}, "top_k must be >= 1")):
+        with pytest.raises(ValueError, match=text) as err:
+            ArgpStrategy(refine_stop_iter=12000, **kwargs).check_config(30000)
+        assert "\n" not in str(err.value)
 
 
 # --- SafeguardGS and the baselines ---------------------------------------------------------------------------
@@ -266,6 +327,15 @@ def test_argp_budget_run_lands_on_budget(small_scene, tmp_path):
     config, log = train("splatfacto-argp", small_scene, tmp_path, extra=["--pipeline.model.budget=150", "--pipeline.model.report-psnr=off"])
     assert "budget 150 from" in log and "recover ratio" in log, log[-2000:]
     assert log.count("irp removed") == 2 and "kept 150\n" in log
+    assert final_count(config) == 150
+
+
+def test_argp_with_a_safeguard_final_round_lands_on_budget(small_scene, tmp_path):
+    from test_e2e_cpu import train
+
+    config, log = train("splatfacto-argp", small_scene, tmp_path, extra=[
+        "--pipeline.model.budget=150", "--pipeline.model.final-round=safeguard", "--pipeline.model.report-psnr=off"])
+    assert log.count("irp removed") == 1 and "safeguard removed" in log and "kept 150\n" in log, log[-2000:]
     assert final_count(config) == 150
 
 
