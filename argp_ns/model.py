@@ -488,5 +488,4 @@ class SplatfactoSafeguardModel(PruningModel):
         return ScoreSpec.parse("efficientgs" if self.config.prune_method == "efficientgs" else self.config.score)
 
     def score_pass_options(self) -> Dict[str, Any]:
-        return {"k": self.config.top_k, "tile_scope": self.config.topk_scope == "tile", "recovery": False,
-                "counts": self.config.budget > 0 and self.config.prune_method in ("safeguard", "efficientgs")}
+        return {"k": self.config.top_k, "tile_scope": self.config.topk_scope == "tile", "recovery": False}

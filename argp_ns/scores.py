@@ -12,8 +12,8 @@ For one pixel p and its Gaussians front to back (gsplat's tile list; contributor
   contributor of the batch is a record; per tile, the k highest records are kept (ties: earlier batch,
   then lower pixel index in the tile, then the order of the tile list).
 * scene-level sums per Gaussian: sum w, max w, hit count, sum of opacity over hits; and for budgets
-  (:data:`COUNTS`) ``wins``, the number of pixels (over all views) whose top-k holds it, and ``sum_score``, its
-  family score summed over the pixels it contributes to.
+  (:meth:`argp_ns.strategy.SafeguardStrategy.ranking`) ``wins``, the number of pixels (over all views) whose
+  top-k holds it, and ``sum_score``, its family score summed over the pixels it contributes to.
 * ARGP recovery score ``S_i = sum_p opacity_i G_i(p) (dL/dalpha_i)^2``, ``L = sum_p sum_c clamp(C_c(p), 0, 1)``:
   ``dL/dalpha_i = T_i sum_c m_c (c_ic - B_ic) - T_final / (1 - alpha_i) sum_c m_c bg_c``,
   ``m_c = 1[0 < C_c(p) < 1]``, ``T_i B_i = (R - sum_{j<=i} w_j c_j) / (1 - alpha_i)`` with R = sum_j w_j c_j.
@@ -34,8 +34,6 @@ DISTANCES = ("none", "exp")
 COLOURS = ("none", "cosine", "l1", "exp_l1")
 NAMED = {"safeguard": 0x24, "efficientgs": 0x04}
 TILE_BATCH = 256
-COUNTS = ("wins", "sum_score")
-"""The totals a budget ranks per-pixel top-k rules by (see :meth:`argp_ns.strategy.SafeguardStrategy.ranking`)."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from argp_ns import cuda as kernel
 from argp_ns import twin
-from argp_ns.scores import COUNTS, ScoreSpec, accumulate_tiles, empty_totals
+from argp_ns.scores import ScoreSpec, accumulate_tiles, empty_totals
 
 Backend = Literal["auto", "cuda", "torch"]
 TILE = 16
@@ -93,11 +93,6 @@ def _gsplat_colors(means: Tensor, coeffs: Tensor, vm: Tensor, radii: Tensor, sh_
     return torch.clamp_min(rgb + 0.5, 0.0)
 
 
-def kernel_counts() -> bool:
-    """Whether the CUDA kernel fills the budget totals :data:`argp_ns.scores.COUNTS` (wins, sum_score)."""
-    return set(COUNTS) <= set(kernel._TOTALS)
-
-
 def gsplat_tile_chunks(isect_offsets: Tensor, flatten_ids: Tensor, width: int, height: int) -> Iterator[Tuple[Tensor, Tensor, Tensor, Tensor]]:
     """gsplat's tile lists of one camera as padded chunks (tiles, lists [T,K], pixel xy, inside); see
     :func:`twin.tile_chunks`."""
@@ -115,24 +110,17 @@ def gsplat_tile_chunks(isect_offsets: Tensor, flatten_ids: Tensor, width: int, h
 def score_views(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, coeffs: Tensor, sh_degree: Optional[int],
     views: Iterable[View], spec: ScoreSpec, k: int = 1, tile_scope: bool = False, recovery: bool = False,
-    backend: Backend = "auto", counts: bool = False,
+    backend: Backend = "auto",
 ) -> ScorePassResult:
     """Run the pass over ``views`` for Gaussians (means, quats, activated scales [N,3] and opacities [N],
-    SH coefficients [N,K,3] at ``sh_degree`` or colours [N,3] with ``sh_degree=None``). ``counts``: the budget
-    totals (wins, sum_score) are needed; while the CUDA kernel does not fill them, 'auto' runs the twin."""
+    SH coefficients [N,K,3] at ``sh_degree`` or colours [N,3] with ``sh_degree=None``). The totals are
+    :func:`argp_ns.scores.empty_totals`'s, filled alike by both backends (a budget's wins and sum_score too)."""
     if k < 1:
         raise ValueError(f"top-k must be >= 1, got {k}")
     used = choose_backend(means.device, backend)
-    if counts and used == "cuda" and not kernel_counts():
-        if backend == "cuda":
-            raise RuntimeError("the CUDA score kernel does not count per-pixel wins; a budget needs the PyTorch twin")
-        used = "torch"
     if used == "cuda" and k > 32:
         raise ValueError(f"the CUDA pass supports k <= 32, got {k}")
     totals = empty_totals(means.shape[0], means.device)
-    if used == "cuda" and not kernel_counts():
-        for key in COUNTS:  # not filled by the kernel: absent rather than zero
-            del totals[key]
     result = ScorePassResult(totals=totals, backend=used)
     t0 = time.perf_counter()
     covered: List[Tuple[Tensor, int]] = []  # per view (pixels with a contributor, on the device; pixels)

@@ -9,9 +9,10 @@ same device. Each ``--case K:SCORE`` is one top-k pass (SCORE: a name, a bitmask
 ``ScoreSpec.parse``); the first case is timed three ways on all views, the others (and ``--recovery``, a
 k = 1 safeguard pass with the recovery score) compare kernel and twin on the first ``--check-views`` views.
 Each case reports whether both keep the same Gaussians and the largest difference of the scene-level sums
-(and of the recovery score) over their largest value. Writes ``benchmarks/results/score-pass.json``
-{gpu, date, command, gaussians, views, render_ms, then the first case's numbers, cases: [...]}, rewritten
-after every case so that a run cut short keeps what it measured. Without a GPU kernel, kernel numbers are null.
+(a budget's wins and sum_score among them) and of the recovery score over their largest value. Writes
+``benchmarks/results/score-pass.json`` {gpu, date, command, gaussians, views, render_ms, then the first case's
+numbers, cases: [...]}, rewritten after every case so that a run cut short keeps what it measured. Without a
+GPU kernel, kernel numbers are null.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from argp_ns.render import rasterize
 from argp_ns.scores import ScoreSpec
 from argp_ns.scoring import ScorePassResult, score_views
 
-SUMS = ("sum_w", "max_w", "hits", "sum_opacity")
+SUMS = ("sum_w", "max_w", "hits", "sum_opacity", "wins", "sum_score")
 
 
 def timed(fn, cuda: bool, warmup=None) -> Tuple[float, Any]:

@@ -276,7 +276,7 @@ def test_wins_and_summed_scores_match_brute_force(code, k):
                 wins[ids[j]] += 1
             for j, i in enumerate(ids):
                 sum_score[i] += s[j].item()
-    res = score_views(means, quats, scales, opac, sh, 1, views, spec, k=k, backend="torch", counts=True)
+    res = score_views(means, quats, scales, opac, sh, 1, views, spec, k=k, backend="torch")
     assert torch.equal(res.totals["wins"], wins)
     assert torch.equal(res.totals["keep"], wins > 0)
     assert torch.allclose(res.totals["sum_score"], sum_score, rtol=1e-5, atol=1e-7)

@@ -1,14 +1,17 @@
 """The CUDA score pass (``argp_ns.cuda.score_camera``) against its PyTorch reference
 (``argp_ns.scores.accumulate_tiles``), both fed gsplat's own tile lists of random scenes.
 
-keep, keep_tile, hits and covered must be identical; sum_w, max_w, sum_opacity and recovery agree to a
-relative 1e-4. Scenes have duplicated Gaussians (exact score ties), a palette of colours (more ties),
-pixels with far more than 32 contributors and tile lists longer than 256 (several tile-scope batches), and
-pixels with few or none. The garden asset is read from ``ARGP_GARDEN_NPZ`` (skipped when missing).
+keep, keep_tile, hits, wins and covered must be identical; sum_w, max_w, sum_opacity, recovery and sum_score
+agree to a relative 1e-4. Through ``argp_ns.scoring.score_views`` the two backends give the same budget totals
+(wins exactly, sum_score to a relative 1e-5) and the same SafeguardGS / EfficientGS budget prunes. Scenes have
+duplicated Gaussians (exact score ties), a palette of colours (more ties), pixels with far more than 32
+contributors and tile lists longer than 256 (several tile-scope batches), and pixels with few or none. The
+garden asset is read from ``ARGP_GARDEN_NPZ`` (skipped when missing).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -22,6 +25,8 @@ from torch import Tensor
 from argp_ns import cuda as kernel
 from argp_ns import twin
 from argp_ns.scores import ScoreSpec, accumulate_tiles, empty_totals, sequential_transmittance
+from argp_ns.scoring import ScorePassResult, View, score_views
+from argp_ns.strategy import SafeguardStrategy
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -29,7 +34,7 @@ TILE = 16
 CODES = (0x24, 0x04, 0x39, 0x10, 0x08)
 KS = (1, 4, 32)
 GARDEN = os.environ.get("ARGP_GARDEN_NPZ", "/work/shared/data/gsplat_test_garden/test_garden.npz")
-FLOAT_TOTALS = ("sum_w", "max_w", "sum_opacity", "recovery")
+FLOAT_TOTALS = ("sum_w", "max_w", "sum_opacity", "recovery", "sum_score")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -97,11 +102,16 @@ def garden(n_max: int = 4000, seed: int = 0) -> Dict:
     )
 
 
+def on_gpu(scene: Dict) -> Dict:
+    """The scene with its tensors moved to the GPU."""
+    return {k: v.cuda() if isinstance(v, Tensor) else v for k, v in scene.items()}
+
+
 def project(scene: Dict) -> Dict:
     """gsplat's projection and tile intersection (``rasterization(packed=False)``'s info), on the GPU."""
     from gsplat import rasterization
 
-    s = {k: v.cuda() if isinstance(v, Tensor) else v for k, v in scene.items()}
+    s = on_gpu(scene)
     _, _, info = rasterization(s["means"], s["quats"], s["scales"], s["opacities"], s["colors"], s["viewmats"], s["Ks"],
                                s["width"], s["height"], packed=False, tile_size=TILE)
     return {**s, **{k: info[k] for k in ("means2d", "conics", "opacities", "isect_offsets", "flatten_ids")},
@@ -176,8 +186,8 @@ def contributor_counts(p: Dict, cam: int) -> Tensor:
 
 
 def assert_same(got: Dict[str, Tensor], ref: Dict[str, Tensor]) -> None:
-    """keep, keep_tile and hits identical; the float totals within rtol 1e-4, atol 1e-6 * max."""
-    for key in ("keep", "keep_tile", "hits"):
+    """keep, keep_tile, hits and wins identical; the float totals within rtol 1e-4, atol 1e-6 * max."""
+    for key in ("keep", "keep_tile", "hits", "wins"):
         diff = int((got[key] != ref[key]).sum())
         assert diff == 0, f"{key}: {diff} differ (kernel total {int(got[key].sum())}, reference {int(ref[key].sum())})"
     for key in FLOAT_TOTALS:
@@ -252,3 +262,44 @@ def test_rejects_unsupported_arguments():
     for k, tile in ((0, 16), (33, 16), (1, 8)):
         with pytest.raises(ValueError):
             kernel.score_camera(*args(k, tile))
+
+
+@functools.lru_cache(maxsize=None)
+def scored_views(kind: str, score: str, k: int) -> Tuple[ScorePassResult, ScorePassResult]:
+    """``score_views`` on a synthetic scene's two views with the CUDA kernel and with the twin (pixel scope)."""
+    s = on_gpu(synthetic(kind))
+    views = [View(s["viewmats"][c], s["Ks"][c], s["width"], s["height"], s["gt"][c], s["background"][c])
+             for c in range(s["viewmats"].shape[0])]
+    args = (s["means"], s["quats"], s["scales"], s["opacities"], s["colors"], None, views, ScoreSpec.parse(score))
+    return tuple(score_views(*args, k=k, backend=backend) for backend in ("cuda", "torch"))
+
+
+@pytest.mark.parametrize("kind", ["dense", "mixed", "palette"])
+@pytest.mark.parametrize("score", ["safeguard", "efficientgs"])
+@pytest.mark.parametrize("k", KS)
+def test_score_views_budget_totals_match_the_twin(kind: str, score: str, k: int):
+    """wins exactly and sum_score within rtol 1e-5 (float64 sums of the same float32 terms in another order;
+    atol 1e-7 * max for sums whose terms cancel: the l1 colour factor is negative for colours far from the
+    ground truth); keep is the set of Gaussians with a win."""
+    got, ref = scored_views(kind, score, k)
+    assert (got.backend, ref.backend) == ("cuda", "torch")
+    assert torch.equal(got.totals["wins"], ref.totals["wins"])
+    assert bool(ref.totals["wins"].any())
+    atol = 1e-7 * float(ref.totals["sum_score"].abs().max())
+    assert torch.allclose(got.totals["sum_score"], ref.totals["sum_score"], rtol=1e-5, atol=atol)
+    for result in (got, ref):
+        assert torch.equal(result.totals["keep"], result.totals["wins"] > 0)
+
+
+@pytest.mark.parametrize("kind", ["dense", "palette"])
+@pytest.mark.parametrize("score", ["safeguard", "efficientgs"])
+@pytest.mark.parametrize("k", (1, 4))
+def test_budget_prune_keeps_the_same_set_with_both_backends(kind: str, score: str, k: int):
+    """A SafeguardStrategy budget prune from either backend's totals: one budget inside the top-k union, one
+    beyond it (its rest ranked by sum_score)."""
+    got, ref = scored_views(kind, score, k)
+    union = int(ref.totals["keep"].sum())
+    for budget in (max(1, union // 2), union + (ref.totals["keep"].numel() - union) // 2):
+        strat = SafeguardStrategy(prune_method=score, budget=budget)
+        kept = [~strat.prune_mask({}, r.totals) for r in (got, ref)]
+        assert int(kept[1].sum()) == budget and torch.equal(kept[0], kept[1])

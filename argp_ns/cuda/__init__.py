@@ -39,7 +39,7 @@ MAX_K = 32
 TILE_SIZE = 16
 _DIR = Path(__file__).resolve().parent
 _SOURCES = ("bindings.cpp", "score_pass.cu")
-_TOTALS = ("keep", "sum_w", "max_w", "hits", "sum_opacity", "recovery")
+_TOTALS = ("keep", "sum_w", "max_w", "hits", "sum_opacity", "recovery", "wins", "sum_score")
 _COMPLAINT = re.compile(r"error|cannot find|undefined|not found", re.IGNORECASE)
 _log = logging.getLogger(__name__)
 
@@ -97,9 +97,10 @@ def score_camera(
     All tensors CUDA and contiguous: means2d [N,2], conics [N,3] (a, b, c), opacities [N], colors [N,3]
     float32; gt [H,W,3] and background [3] float32; this camera's gsplat ``isect_offsets`` [tile_h, tile_w]
     and ``flatten_ids`` [M] int32 (entries ``cam * N + gaussian``, ``cam_offset = cam * N``). ``totals`` as
-    :func:`argp_ns.scores.empty_totals` makes them (keep, keep_tile bool; sum_w, sum_opacity, recovery
-    float64; max_w float32; hits int64; length N), summed over cameras. ``code`` is a :class:`ScoreSpec` code; ``k`` the
-    per-pixel (and per-tile) top-k, 1 <= k <= 32.
+    :func:`argp_ns.scores.empty_totals` makes them (keep, keep_tile bool; sum_w, sum_opacity, recovery,
+    sum_score float64; max_w float32; hits, wins int64; length N), summed over cameras: keep_tile is filled with
+    ``tile_scope`` only, recovery with ``recovery`` only, the others always. ``code`` is a :class:`ScoreSpec`
+    code; ``k`` the per-pixel (and per-tile) top-k, 1 <= k <= 32.
     """
     if not 1 <= k <= MAX_K:
         raise ValueError(f"the CUDA score pass supports 1 <= k <= {MAX_K}, got {k}")

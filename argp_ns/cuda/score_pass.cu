@@ -8,13 +8,14 @@
 //   stop before the first Gaussian with T (1 - alpha) <= 1e-4;  T <- T (1 - alpha) after each contributor
 //   w     = alpha T;  score = base * distance * colour  (ScoreSpec; code = 16 colour + 5 distance + base)
 //
-// Contributors add w, max w, 1 and their opacity to the per-Gaussian totals (summed over the warp's lanes
-// by shuffles first, one atomic per warp and Gaussian: a tile's pixels mostly share their Gaussians, and
-// per-pixel atomics on one address serialise); each pixel marks its top-k
-// scores (ties to the front-most) in keep; with tile scope each pixel writes, per 256-long batch of the
-// list, the batch's last contributor as a record (slot rec_start[tile] + 256 batch + pixel-in-tile), which
-// the Python side ranks per tile; with recovery a back-to-front walk adds the ARGP score
-// vis_i (dL/dalpha_i)^2 to recovery, recovering T_i = T_{i+1} / (1 - alpha_i) and summing w c behind i.
+// Contributors add w, max w, 1, their opacity and their score to the per-Gaussian totals (summed over the
+// warp's lanes by shuffles first, one atomic per warp and Gaussian: a tile's pixels mostly share their
+// Gaussians, and per-pixel atomics on one address serialise); after its walk each pixel marks its top-k
+// scores (ties to the front-most) in keep and adds 1 to their wins (at most k atomics per pixel), in either
+// scope; with tile scope each pixel writes, per 256-long batch of the list, the batch's last contributor as a
+// record (slot rec_start[tile] + 256 batch + pixel-in-tile), which the Python side ranks per tile; with
+// recovery a back-to-front walk adds the ARGP score vis_i (dL/dalpha_i)^2 to recovery, recovering
+// T_i = T_{i+1} / (1 - alpha_i) and summing w c behind i.
 //
 // Every float multiply, add and divide is an explicitly rounded intrinsic (__fmul_rn, __fadd_rn, ...) in
 // the order of the PyTorch reference, so that nothing is contracted into an FMA, and expf is the accurate
@@ -40,7 +41,7 @@ constexpr float kTMin = 1e-4f;
 // PyTorch's CUDA kernels divide by a Python scalar as a multiplication by its float reciprocal
 constexpr float kThird = static_cast<float>(1.0 / 3.0);
 
-static_assert(sizeof(int64_t) == sizeof(unsigned long long), "hits are atomically added as unsigned long long");
+static_assert(sizeof(int64_t) == sizeof(unsigned long long), "hits, wins: atomically added as unsigned long long");
 
 struct ScoreParams {
   const float* means2d;     // [N, 2]
@@ -64,6 +65,8 @@ struct ScoreParams {
   int64_t* hits;
   double* sum_opacity;
   double* recovery_score;
+  int64_t* wins;      // pixels whose top-k holds the Gaussian
+  double* sum_score;  // its score summed over the pixels it contributes to
   bool* covered;              // [H, W]
   const int64_t* rec_start;   // [tile_h * tile_w], null without tile scope
   float* rec_score;
@@ -165,6 +168,12 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// The scores are summed in double: unlike the weights they may have both signs (l1 colour of colours > 1).
+__device__ __forceinline__ double warp_sum(double v) {
+  for (int o = 16; o > 0; o >>= 1) v = __dadd_rn(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
 template <typename T>
 __device__ __forceinline__ T warp_max(T v) {
   for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(kFullMask, v, o));
@@ -217,6 +226,7 @@ __global__ void __launch_bounds__(kBlock) score_pass_kernel(const ScoreParams p)
     for (int j = 0; j < n_here && !__all_sync(kFullMask, done); ++j) {
       const Splat& s = batch[j];
       float w = 0.0f;
+      float score = 0.0f;
       bool hit = false;
       float dx, dy, vis, alpha;
       if (!done && splat_alpha(s, px, py, dx, dy, vis, alpha)) {
@@ -226,7 +236,7 @@ __global__ void __launch_bounds__(kBlock) score_pass_kernel(const ScoreParams p)
         } else {
           hit = true;
           w = __fmul_rn(alpha, T);
-          const float score = family_score(p, s, alpha, T, dx, dy, gr, gg, gb);
+          score = family_score(p, s, alpha, T, dx, dy, gr, gg, gb);
           topk_insert(top_score, top_id, n_top, p.k, score, s.id);
           rec_id = s.id;
           rec_score = score;
@@ -241,12 +251,14 @@ __global__ void __launch_bounds__(kBlock) score_pass_kernel(const ScoreParams p)
       if (hits == 0u) continue;  // uniform over the warp
       const float w_sum = warp_sum(w);
       const float w_max = warp_max(w);
+      const double score_sum = warp_sum(static_cast<double>(score));
       if (lane == __ffs(hits) - 1) {
         const int n_hits = __popc(hits);
         atomicAdd(p.sum_w + s.id, static_cast<double>(w_sum));
         atomicMax(reinterpret_cast<int*>(p.max_w + s.id), __float_as_int(w_max));  // w >= 0: int order = float order
         atomicAdd(reinterpret_cast<unsigned long long*>(p.hits + s.id), static_cast<unsigned long long>(n_hits));
         atomicAdd(p.sum_opacity + s.id, static_cast<double>(n_hits) * static_cast<double>(s.opacity));
+        atomicAdd(p.sum_score + s.id, score_sum);
       }
     }
     if (p.rec_start != nullptr && rec_id >= 0) {
@@ -255,7 +267,10 @@ __global__ void __launch_bounds__(kBlock) score_pass_kernel(const ScoreParams p)
       p.rec_score[slot] = rec_score;
     }
   }
-  for (int i = 0; i < n_top; ++i) p.keep[top_id[i]] = true;
+  for (int i = 0; i < n_top; ++i) {
+    p.keep[top_id[i]] = true;
+    atomicAdd(reinterpret_cast<unsigned long long*>(p.wins + top_id[i]), 1ull);
+  }
   if (inside) p.covered[static_cast<int64_t>(y) * p.width + x] = last >= 0;
   if (!p.recovery) return;  // uniform over the block
 
@@ -343,6 +358,8 @@ void launch_score_pass(const ScorePassArgs& a) {
   p.hits = a.hits.data_ptr<int64_t>();
   p.sum_opacity = a.sum_opacity.data_ptr<double>();
   p.recovery_score = a.recovery_score.data_ptr<double>();
+  p.wins = a.wins.data_ptr<int64_t>();
+  p.sum_score = a.sum_score.data_ptr<double>();
   p.covered = a.covered.data_ptr<bool>();
   const bool tile_scope = a.rec_start.defined() && a.rec_start.numel() > 0;
   p.rec_start = tile_scope ? a.rec_start.data_ptr<int64_t>() : nullptr;

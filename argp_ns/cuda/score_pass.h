@@ -11,7 +11,7 @@ constexpr int kMaxK = 32;  // largest per-pixel top-k
 struct ScorePassArgs {
   at::Tensor means2d, conics, opacities, colors, gt, background;
   at::Tensor tile_start, tile_end, flatten_ids;
-  at::Tensor keep, sum_w, max_w, hits, sum_opacity, recovery_score;
+  at::Tensor keep, sum_w, max_w, hits, sum_opacity, recovery_score, wins, sum_score;
   at::Tensor covered;
   at::Tensor rec_start, rec_score, rec_id;  // empty without tile scope
   int cam_offset = 0;
