@@ -441,8 +441,7 @@ class SplatfactoArgpModel(PruningModel):
                             budget=c.budget, final_round=c.final_round, top_k=c.top_k)
 
     def score_pass_options(self) -> Dict[str, Any]:
-        c = self.config
-        return {"k": c.top_k, "tile_scope": False, "recovery": True, "counts": c.budget > 0 and c.final_round == "safeguard"}
+        return {"k": self.config.top_k, "tile_scope": False, "recovery": True}
 
 
 @dataclass
