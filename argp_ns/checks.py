@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from argp_ns.cuda import MAX_K
 from argp_ns.scores import ScoreSpec
 
 CHECKPOINT = re.compile(r"^step-(\d+)\.ckpt$")
@@ -58,14 +59,26 @@ def model_strategy(model_config):
     return model_cls.make_strategy(stand_in, model_cls.splatfacto_strategy_kwargs(stand_in))
 
 
-def check_model(model_config, max_steps: int) -> None:
-    """Our model flags (score, ratios, schedule against the run's ``max_steps``); other models pass."""
+def check_top_k(top_k: int, score_backend: str, device_type: str) -> None:
+    """The CUDA score pass keeps at most MAX_K Gaussians per pixel: a larger top-k on a CUDA device needs the
+    PyTorch twin, asked for by name (``auto`` would pick the kernel and fail at the prune, hours in)."""
+    if top_k > MAX_K and device_type == "cuda" and score_backend != "torch":
+        raise ConfigError(f"top_k must be at most {MAX_K} for the CUDA score pass, got {top_k}; "
+                          "the PyTorch twin takes any k: --pipeline.model.score-backend torch (slow)")
+
+
+def check_model(model_config, max_steps: int, device_type: Optional[str] = None) -> None:
+    """Our model flags (score, top-k for the score pass on ``device_type`` (default: cuda where there is a GPU),
+    ratios, schedule against the run's ``max_steps``); other models pass."""
     from argp_ns.model import PruningModelConfig
 
     if not isinstance(model_config, PruningModelConfig):
         return
     if hasattr(model_config, "score"):
         check_score(model_config.score)
+    if hasattr(model_config, "top_k"):
+        device = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+        check_top_k(model_config.top_k, model_config.score_backend, device)
     if not model_config.scored_prune and getattr(model_config, "budget", 0):
         raise ConfigError("budget needs the scored prune: drop --pipeline.model.scored-prune False or the budget")
     try:

@@ -46,7 +46,7 @@ class ArgpTrainerConfig(TrainerConfig):
         check_device(self.machine.device_type)
         datamanager = self.pipeline.datamanager
         check_data(datamanager.data or datamanager.dataparser.data)
-        check_model(self.pipeline.model, self.first_step() + self.max_num_iterations)
+        check_model(self.pipeline.model, self.first_step() + self.max_num_iterations, self.machine.device_type)
 
     def first_step(self) -> int:
         """The run's first step: 0, or one past the checkpoint a resume loads. With ``load_dir``, that is the

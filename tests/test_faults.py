@@ -246,3 +246,17 @@ def test_resume_skips_a_truncated_newest_checkpoint(demo_run, demo_scene, tmp_pa
     resumed = tmp_path / "out" / "demo" / "splatfacto-argp" / "t" / MODELS
     assert max(p.name for p in resumed.glob("*.ckpt")) == "step-000000012.ckpt"  # steps 11 and 12
     assert hashes(models) == before
+
+
+def test_a_top_k_beyond_the_cuda_pass_stops_at_start_on_a_gpu():
+    from argp_ns.checks import ConfigError, check_model
+    from argp_ns.model import SplatfactoArgpModelConfig, SplatfactoSafeguardModelConfig
+
+    for config in (SplatfactoSafeguardModelConfig(top_k=33), SplatfactoArgpModelConfig(top_k=40, final_round="safeguard")):
+        with pytest.raises(ConfigError, match=r"top_k must be at most 32 for the CUDA score pass, got \d+; ") as err:
+            check_model(config, 30000, "cuda")
+        assert "\n" not in str(err.value)
+        check_model(config, 30000, "cpu")  # the twin takes any k
+        config.score_backend = "torch"
+        check_model(config, 30000, "cuda")
+    check_model(SplatfactoSafeguardModelConfig(top_k=32), 30000, "cuda")
