@@ -1,13 +1,12 @@
 """The two nerfstudio methods, registered through the ``nerfstudio.method_configs`` entry point.
 
-Both are built like nerfstudio's ``splatfacto`` (same datamanager, optimizers, schedules, 30k steps);
+Both are built like nerfstudio's ``splatfacto`` (the same datamanager settings, optimizers, schedules, 30k steps);
 only the model config differs.
 """
 
 from __future__ import annotations
 
 from nerfstudio.configs.base_config import ViewerConfig
-from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
@@ -15,6 +14,7 @@ from nerfstudio.models.splatfacto import SplatfactoModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from argp_ns.datamanager import LeanDatamanagerConfig
 from argp_ns.model import SplatfactoArgpModelConfig, SplatfactoSafeguardModelConfig
 from argp_ns.train_step import FusedAdamOptimizerConfig
 from argp_ns.trainer import ArgpTrainerConfig
@@ -47,7 +47,7 @@ def splatfacto_trainer(method_name: str, model: SplatfactoModelConfig) -> Traine
         max_num_iterations=30000,
         mixed_precision=False,
         pipeline=VanillaPipelineConfig(
-            datamanager=FullImageDatamanagerConfig(
+            datamanager=LeanDatamanagerConfig(
                 dataparser=NerfstudioDataParserConfig(load_3D_points=True), cache_images_type="uint8"
             ),
             model=model,

@@ -1,0 +1,37 @@
+"""The lean step's datamanager: the same views in the same order as nerfstudio's, each camera made once."""
+
+import torch
+from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
+from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+
+from argp_ns.datamanager import LeanDatamanager, LeanDatamanagerConfig
+
+
+def setup(config_cls, scene):
+    config = config_cls(dataparser=BlenderDataParserConfig(data=scene, ply_path=scene / "points3d.ply"), cache_images_type="uint8")
+    return config.setup(device="cpu")
+
+
+def test_same_views_in_the_same_order_as_nerfstudio(demo_scene):
+    stock, lean = setup(FullImageDatamanagerConfig, demo_scene), setup(LeanDatamanagerConfig, demo_scene)
+    assert isinstance(lean, LeanDatamanager)
+    n = len(lean.train_dataset)
+    seen = {}
+    for step in range(3 * n + 2):  # past two epoch boundaries: the sampler's new orders
+        (cam_a, data_a), (cam_b, data_b) = stock.next_train(step), lean.next_train(step)
+        idx = cam_b.metadata["cam_idx"]
+        assert cam_a.metadata["cam_idx"] == idx
+        assert torch.equal(data_a["image"], data_b["image"]) and data_a["image_idx"] == data_b["image_idx"] == idx
+        for name in ("camera_to_worlds", "fx", "fy", "cx", "cy", "width", "height", "camera_type"):
+            assert torch.equal(getattr(cam_a, name), getattr(cam_b, name)), name
+        assert seen.setdefault(idx, cam_b) is cam_b  # made once, handed out again
+    assert len(seen) == n
+    assert lean.train_cameras.metadata is None or "cam_idx" not in lean.train_cameras.metadata
+
+
+def test_our_methods_train_on_it():
+    from nerfstudio.configs.method_configs import all_methods
+
+    for name in ("splatfacto-argp", "splatfacto-safeguard", "splatfacto-argp-big", "splatfacto-safeguard-big"):
+        assert type(all_methods[name].pipeline.datamanager) is LeanDatamanagerConfig
+    assert type(all_methods["splatfacto"].pipeline.datamanager) is FullImageDatamanagerConfig  # stock: untouched
