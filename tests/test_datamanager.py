@@ -1,5 +1,6 @@
 """The lean step's datamanager: the same views in the same order as nerfstudio's, each camera made once."""
 
+import pytest
 import torch
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
@@ -7,13 +8,14 @@ from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConf
 from argp_ns.datamanager import LeanDatamanager, LeanDatamanagerConfig
 
 
-def setup(config_cls, scene):
+def setup(config_cls, scene, device):
     config = config_cls(dataparser=BlenderDataParserConfig(data=scene, ply_path=scene / "points3d.ply"), cache_images_type="uint8")
-    return config.setup(device="cpu")
+    return config.setup(device=device)
 
 
-def test_same_views_in_the_same_order_as_nerfstudio(demo_scene):
-    stock, lean = setup(FullImageDatamanagerConfig, demo_scene), setup(LeanDatamanagerConfig, demo_scene)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_same_views_in_the_same_order_as_nerfstudio(demo_scene, device):
+    stock, lean = setup(FullImageDatamanagerConfig, demo_scene, device), setup(LeanDatamanagerConfig, demo_scene, device)
     assert isinstance(lean, LeanDatamanager)
     n = len(lean.train_dataset)
     seen = {}
@@ -25,6 +27,7 @@ def test_same_views_in_the_same_order_as_nerfstudio(demo_scene):
         for name in ("camera_to_worlds", "fx", "fy", "cx", "cy", "width", "height", "camera_type"):
             assert torch.equal(getattr(cam_a, name), getattr(cam_b, name)), name
         assert seen.setdefault(idx, cam_b) is cam_b  # made once, handed out again
+        assert cam_b.device.type == data_b["image"].device.type == device
     assert len(seen) == n
     assert lean.train_cameras.metadata is None or "cam_idx" not in lean.train_cameras.metadata
 
