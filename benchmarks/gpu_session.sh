@@ -14,8 +14,8 @@
 #       finds stock's mean count, and the file that comes back holds the old runs and the new); copy $OUT's
 #       <scene>-<protocol>.* back into RESULTS_DIR here. --time-budget is $TIME_BUDGET (530 s) unless given
 #
-# Carry: build  .device-wheels .data/fox .data/test_garden.npz   (about 35 MB)
-#        bench  .device-wheels .data/<scene>                      (bonsai: about 62 MB with both builds)
+# Carry: build  .device-wheels .data/fox .data/test_garden.npz   (about 52 MB)
+#        bench  .device-wheels .data/<scene>                      (fox about 56 MB, bonsai about 61 MB, with both builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +24,7 @@ case "${1:-}" in
     [ -f .device-wheels/setup-gpu.sh ] || bash ../shared/device/get-wheels.sh
     mkdir -p .data/fox
     cp ../shared/data/fox/transforms.json .data/fox/
-    cp -r ../shared/data/fox/images_2 .data/fox/
+    cp -r ../shared/data/fox/images ../shared/data/fox/images_2 .data/fox/  # step_time's two downscales
     [ -d .data/bonsai ] || cp -r ../shared/data/bonsai .data/bonsai
     cp ../shared/data/gsplat_test_garden/test_garden.npz .data/
     du -sh .device-wheels .data/* | sed 's/^/gpu_session: /'
