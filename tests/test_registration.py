@@ -1,10 +1,12 @@
 """The plugin registers both methods with nerfstudio and their configs build."""
 
+import dataclasses
 import subprocess
 
 import pytest
 import tyro
 
+from argp_ns.datamanager import LeanDatamanagerConfig
 from argp_ns.model import SplatfactoArgpModelConfig, SplatfactoSafeguardModelConfig
 
 
@@ -29,7 +31,12 @@ def test_configs_match_splatfacto():
         assert set(cfg.optimizers) == set(base.optimizers)
         for key, opt in base.optimizers.items():
             assert cfg.optimizers[key]["optimizer"].lr == opt["optimizer"].lr
-        assert type(cfg.pipeline.datamanager) is type(base.pipeline.datamanager)
+        ours, theirs = cfg.pipeline.datamanager, base.pipeline.datamanager
+        assert type(ours) is LeanDatamanagerConfig and isinstance(ours, type(theirs))  # the lean step's datamanager
+        for f in dataclasses.fields(theirs):  # with splatfacto's settings
+            if f.name not in ("_target", "dataparser"):
+                assert getattr(ours, f.name) == getattr(theirs, f.name), f.name
+        assert type(ours.dataparser) is type(theirs.dataparser) and ours.dataparser == theirs.dataparser
 
 
 def test_ns_train_help_lists_methods():
