@@ -441,7 +441,9 @@ class SplatfactoArgpModel(PruningModel):
                             budget=c.budget, final_round=c.final_round, top_k=c.top_k)
 
     def score_pass_options(self) -> Dict[str, Any]:
-        return {"k": self.config.top_k, "tile_scope": False, "recovery": True}
+        """The recovery score at every round, but the last one with a SafeguardGS final round (per-pixel top-k only)."""
+        last = self.config.final_round == "safeguard" and self.step == self.strategy.irp_rounds()[-1]
+        return {"k": self.config.top_k, "tile_scope": False, "recovery": not last}
 
 
 @dataclass

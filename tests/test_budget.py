@@ -159,6 +159,17 @@ def test_final_round_safeguard_budget_keeps_the_best_by_wins(budget):
     assert kept == sorted(best)
 
 
+def test_the_safeguard_final_round_scores_without_the_recovery_walk():
+    from types import SimpleNamespace
+
+    from argp_ns.model import SplatfactoArgpModel, SplatfactoArgpModelConfig
+
+    for final, step, recovery in (("irp", 27000, True), ("safeguard", 24000, True), ("safeguard", 27000, False)):
+        model = SimpleNamespace(config=SplatfactoArgpModelConfig(final_round=final, top_k=4), step=step,
+                                strategy=ArgpStrategy(refine_stop_iter=12000, final_round=final))
+        assert SplatfactoArgpModel.score_pass_options(model) == {"k": 4, "tile_scope": False, "recovery": recovery}
+
+
 def test_topk_ranking_orders_by_wins_then_summed_score_then_index():
     s = {"wins": torch.tensor([3, 0, 3, 1, 0]), "sum_score": torch.tensor([0.1, 0.9, 0.5, 0.2, 0.9]).double()}
     assert topk_ranking(s).tolist() == [2, 0, 3, 1, 4]
