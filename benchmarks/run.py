@@ -38,7 +38,8 @@ import torch
 
 from argp_ns.model import eval_pairs
 from benchmarks import scenes
-from benchmarks.report import load_results, merge_run, stock_mean_count, table, write_outputs
+from benchmarks.report import (BUDGET_FLAG, FINAL_FLAG, RULE_FLAG, load_results, merge_run, stock_mean_count, table,
+                               write_outputs)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,9 +56,9 @@ EXPORTER_OPTIONAL = ("open3d", "pymeshlab", "xatlas", "mediapy")
 # the pruning rules of the same-count table: rule -> (method, the ns-train flags that select the rule)
 RULES: Dict[str, Tuple[str, List[str]]] = {
     "argp": ("splatfacto-argp", []),
-    **{rule: ("splatfacto-safeguard", ["--pipeline.model.prune-method", rule])
+    **{rule: ("splatfacto-safeguard", [RULE_FLAG, rule])
        for rule in ("safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat")},
-    "argp+safeguard": ("splatfacto-argp", ["--pipeline.model.final-round", "safeguard"]),
+    "argp+safeguard": ("splatfacto-argp", [FINAL_FLAG, "safeguard"]),
 }
 
 
@@ -90,7 +91,7 @@ def budget_jobs(counts: List[int], rules: List[str]) -> List[Tuple[str, str, Lis
     unknown = [r for r in rules if r not in RULES]
     if unknown:
         raise SystemExit(f"benchmarks: unknown rule {unknown[0]!r}: one of {', '.join(RULES)}")
-    return [(RULES[rule][0], f"{rule}-b{n}", [*RULES[rule][1], "--pipeline.model.budget", str(n)])
+    return [(RULES[rule][0], f"{rule}-b{n}", [*RULES[rule][1], BUDGET_FLAG, str(n)])
             for n in counts for rule in rules]
 
 
