@@ -5,7 +5,7 @@
 # On a normal CUDA machine, `pip install -e .` replaces all of this.
 source .device-wheels/setup-gpu.sh || return 1
 rm -rf /tmp/argp
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/argp . 2>&1 | grep -v WARN
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/argp . 2>&1 | { grep -v WARN || true; }
 export PYTHONPATH=/tmp/argp:$PYTHONPATH
 if [ -f .device-wheels/argp_ext.tgz ]; then
   tar xzf .device-wheels/argp_ext.tgz -C "$TORCH_EXTENSIONS_DIR"
