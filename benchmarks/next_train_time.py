@@ -22,7 +22,7 @@ def time_next_train(config_cls, scene: Path, device: str, calls: int) -> float:
     """Mean microseconds per ``next_train`` of a datamanager of ``config_cls`` on ``scene``."""
     from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 
-    dm = config_cls(dataparser=BlenderDataParserConfig(data=scene, ply_path=scene / "points3d.ply"),
+    dm = config_cls(dataparser=BlenderDataParserConfig(data=scene),
                     cache_images_type="uint8").setup(device=device)
     for step in range(100):
         dm.next_train(step)

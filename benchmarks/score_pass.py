@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import shlex
 import sys
@@ -87,7 +88,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         cases.append((1, ScoreSpec.parse("safeguard"), True))
     _, pipeline, _, _ = load_run(args.load_config)
     model = pipeline.model
-    views = model.training_views()[: args.views]
+    views = list(itertools.islice(model.training_views(), args.views))
     check = views[: args.check_views]
     cuda = model.means.is_cuda
     has_kernel = cuda and kernel.available()

@@ -9,7 +9,7 @@ from argp_ns.datamanager import LeanDatamanager, LeanDatamanagerConfig
 
 
 def setup(config_cls, scene, device):
-    config = config_cls(dataparser=BlenderDataParserConfig(data=scene, ply_path=scene / "points3d.ply"), cache_images_type="uint8")
+    config = config_cls(dataparser=BlenderDataParserConfig(data=scene), cache_images_type="uint8")
     return config.setup(device=device)
 
 
@@ -38,3 +38,28 @@ def test_our_methods_train_on_it():
     for name in ("splatfacto-argp", "splatfacto-safeguard", "splatfacto-argp-big", "splatfacto-safeguard-big"):
         assert type(all_methods[name].pipeline.datamanager) is LeanDatamanagerConfig
     assert type(all_methods["splatfacto"].pipeline.datamanager) is FullImageDatamanagerConfig  # stock: untouched
+
+
+def test_score_pass_views_are_made_one_at_a_time(demo_scene):
+    """The model's score-pass views come one at a time (a float image per view only while the pass is on it) and
+    are the training views with their cached images, in order."""
+    import copy
+    from collections.abc import Iterator
+
+    from argp_ns.method_config import splatfacto_safeguard
+
+    config = copy.deepcopy(splatfacto_safeguard.config.pipeline)
+    config.datamanager.dataparser = BlenderDataParserConfig(data=demo_scene)
+    config.datamanager.cache_images_type = "uint8"
+    pipeline = config.setup(device="cpu", test_mode="val", world_size=1, local_rank=0)
+    pipeline.model._datamanager = pipeline.datamanager  # as training's callbacks and argp-ns prune set it
+    views = pipeline.model.training_views()
+    assert isinstance(views, Iterator) and not isinstance(views, (list, tuple))
+    cached = pipeline.datamanager.cached_train
+    seen = 0
+    for i, view in enumerate(views):
+        expected = cached[i]["image"].float() / 255.0
+        assert view.image.shape[:2] == expected.shape[:2] == (view.height, view.width)
+        assert torch.allclose(view.image, pipeline.model.composite_with_background(expected, view.background))
+        seen += 1
+    assert seen == len(pipeline.datamanager.train_dataset)
