@@ -12,7 +12,8 @@
 #   ARGP_NS_COMMIT=<sha> bash benchmarks/gpu_session.sh bench RESULTS_DIR <benchmarks.run arguments>
 #       there: the harness with --out $OUT, starting from RESULTS_DIR's file of the scene (so a --budgets fraction
 #       finds stock's mean count, and the file that comes back holds the old runs and the new); copy $OUT's
-#       <scene>-<protocol>.* back into RESULTS_DIR here. --time-budget is $TIME_BUDGET (530 s) unless given
+#       <scene>-<protocol>.* back into RESULTS_DIR here. --time-budget is $TIME_BUDGET (530 s) unless given; with
+#       --parallel K > 1 the runs share the GPU through MPS where the machine has it
 #
 # Carry: build  .device-wheels .data/fox .data/test_garden.npz   (about 52 MB)
 #        bench  .device-wheels .data/<scene>                      (fox about 56 MB, bonsai about 61 MB, with both builds)
@@ -45,13 +46,19 @@ case "${1:-}" in
     : "${ARGP_NS_COMMIT:?gpu_session: set ARGP_NS_COMMIT to the commit of the copied tree}"
     dir=${2:?gpu_session: bench RESULTS_DIR <benchmarks.run arguments>}
     shift 2
-    scene="" protocol=quick prev=""
+    scene="" protocol=quick parallel=1 prev=""
     for a in "$@"; do
-      case "$prev" in --scene) scene=$a ;; --protocol) protocol=$a ;; esac
+      case "$prev" in --scene) scene=$a ;; --protocol) protocol=$a ;; --parallel) parallel=$a ;; esac
       prev=$a
     done
     [ -n "$scene" ] || { echo "gpu_session: bench needs --scene" >&2; exit 2; }
     source benchmarks/device_setup.sh
+    # parallel (untimed) runs under MPS: their kernels share the GPU instead of taking turns (nine fox quick runs at
+    # once: 361 s on an H200; alone they take 160 + 80 + 80 s per repeat, about 960 s)
+    if [ "$parallel" -gt 1 ] && command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d; then
+      trap 'echo quit | nvidia-cuda-mps-control' EXIT
+      echo "gpu_session: MPS on for $parallel runs at once"
+    fi
     if [ -f "$dir/$scene-$protocol.json" ]; then cp "$dir/$scene-$protocol.json" "$OUT/"; fi
     python3 -m benchmarks.run --time-budget "${TIME_BUDGET:-530}" "$@" --out "$OUT"
     ;;

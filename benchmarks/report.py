@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import statistics
 from pathlib import Path
@@ -318,8 +319,10 @@ def _save(fig, ax, results: Dict[str, Any], path: Path, legend: bool, what: str 
     from matplotlib.ticker import FuncFormatter
 
     ax.set_xscale("log")
-    for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
-        axis(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    # minor ticks labelled at 2 and 5 x 10^n only: every one of them overlaps its neighbours
+    ax.xaxis.set_minor_formatter(FuncFormatter(
+        lambda v, _: f"{v:,.0f}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""))
     ax.set_xlabel("final Gaussians (mean ± std)")
     ax.set_ylabel("PSNR (dB, mean ± std)")
     ax.set_title(f"{results['scene']}{what} ({results['protocol']}, x{results['scale']}, {results['gpu']})", fontsize=9)
