@@ -184,10 +184,12 @@ def row_key(run: Run) -> RowKey:
 
 
 def rows(results: Dict[str, Any]) -> Dict[RowKey, List[Run]]:
-    """Runs grouped by row, rows in order of their first run."""
+    """Runs without a budget grouped by row, rows in order of their first run (budget runs have the same-count
+    table and plot)."""
     out: Dict[RowKey, List[Run]] = {}
     for r in results["runs"]:
-        out.setdefault(row_key(r), []).append(r)
+        if budget_of(r) is None:
+            out.setdefault(row_key(r), []).append(r)
     return out
 
 
@@ -336,10 +338,10 @@ def _save(fig, ax, results: Dict[str, Any], path: Path, legend: bool, what: str 
 
 def plot(results: Dict[str, Any], path: Path) -> None:
     """PSNR against final Gaussian count: one point per row with std error bars on both axes, stock splatfacto's
-    mean ± std PSNR as a horizontal band. Budget runs are left to :func:`plot_same_count`."""
+    mean ± std PSNR as a horizontal band."""
     fig, ax = _axes()
     stock = _stock_band(ax, results)
-    grouped = {k: v for k, v in rows(results).items() if not any(budget_of(r) for r in v)}
+    grouped = rows(results)
     commits = len({k[2] for k in grouped})
     for key, runs in grouped.items():
         (x, dx), (y, dy) = mean_std([r["gaussians_final"] for r in runs]), mean_std([r["psnr"] for r in runs])

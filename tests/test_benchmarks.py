@@ -198,17 +198,22 @@ def test_step_marks_give_it_per_second_by_third():
     assert _rows(data)["splatfacto-argp"][11] == "75 / 38 / 75"
 
 
-@pytest.mark.parametrize("name", ["fox-quick.json", "lego-quick.json"])
-def test_stored_files_load_validate_and_render(name, tmp_path):
-    path = tmp_path / name
+@pytest.mark.parametrize("name, gpu", [("h100/fox-quick.json", "NVIDIA H100 80GB HBM3"), ("h100/lego-quick.json", "NVIDIA H100 80GB HBM3"),
+                                       ("fox-quick.json", "NVIDIA H200"), ("bonsai-quick.json", "NVIDIA H200")])
+def test_stored_files_load_validate_and_render(name, gpu, tmp_path):
+    path = tmp_path / Path(name).name
     shutil.copy(RESULTS / name, path)
-    data = report.load_results(path, *name[:-5].split("-"), 0.5, "NVIDIA H100 80GB HBM3")
+    data = report.load_results(path, *path.stem.split("-"), 0.5, gpu)
     report.validate(data)
     keys = [(r["method"], r.get("variant")) for r in data["runs"]]
     assert [r["repeat"] for r in data["runs"]] == [keys[:i].count(k) for i, k in enumerate(keys)]
     text = report.render(data, path)
-    assert text.count("\n| splatfacto") == len(data["runs"])  # old runs: one commit ("unknown"), one row each
+    # one main row per (method, variant, commit) of the runs without a budget (old runs: one commit, one row each)
+    main = {report.row_key(r) for r in data["runs"] if report.budget_of(r) is None}
+    assert text.count("\n| splatfacto") == len(main)
     assert path.with_suffix(".png").stat().st_size > 0
+    budgets = {report.budget_of(r) for r in data["runs"]} - {None}
+    assert ("#### Same count" in text) == bool(budgets)
 
 
 def test_report_merges_files_and_refuses_other_gpus(tmp_path):
@@ -297,6 +302,7 @@ def test_same_count_table_ranks_rules_within_a_budget(tmp_path):
     assert argp[3:6] == ["2", "29.50 ± 0.71", "-1.00"] and argp[8] == "+0.0 %" and argp[9] == "100 ± 0"
     assert lines[3][8] == "-1.0 %"
     assert "#### Same count" in report.table(data)  # the results' markdown carries it
+    assert not any("-b100" in name or "-b300" in name for name in _rows(data))  # budget runs: that table only
     report.render(data, tmp_path / "demo-quick.json")
     assert (tmp_path / "demo-quick-same-count.png").stat().st_size > 0 and (tmp_path / "demo-quick.png").exists()
     assert report.same_count_table(_results([_run()])) is None
