@@ -348,19 +348,28 @@ def workdir_for(args, label: str) -> Path:
             i += 1
 
 
+def expected_seconds(took: Dict[str, float], label: str) -> float:
+    """How long a run of ``label`` will take: its longest finished run, else the longest of any label (0 before any)."""
+    return took.get(label, max(took.values(), default=0.0))
+
+
 def run_all(todo: List[Tuple[str, Optional[str], List[str]]], args, commit: Optional[str],
             finish: Callable[[Dict[str, Any]], None]) -> int:
     """Do the runs, at most ``args.parallel`` at once, each in its own spawned process (no state such as CUDA
     caches or compiled kernels leaks from one run into another's time); ``finish(entry)`` after each. No run starts
-    once the time used plus the longest finished run would pass ``args.time_budget``. Returns the number of runs
-    that failed."""
+    once the time used plus its expected length would pass ``args.time_budget``: the longest finished run of the
+    same method and variant, else the longest finished run. Returns the number of runs that failed."""
     spawn = multiprocessing.get_context("spawn")
-    start, longest, failed = time.perf_counter(), 0.0, 0
+    start, failed = time.perf_counter(), 0
+    took: Dict[str, float] = {}  # label -> its longest finished run, seconds
     pending = list(todo)
     running: Dict[concurrent.futures.Future, Tuple[concurrent.futures.ProcessPoolExecutor, float, str]] = {}
+
+    def fits(label: str) -> bool:
+        return args.time_budget is None or time.perf_counter() - start + expected_seconds(took, label) <= args.time_budget
+
     while pending or running:
-        while pending and len(running) < args.parallel and (
-                args.time_budget is None or time.perf_counter() - start + longest <= args.time_budget):
+        while pending and len(running) < args.parallel and fits(pending[0][1] or pending[0][0]):
             method, variant, flags = pending.pop(0)
             label = variant or method
             print(f"benchmarks: {args.scene} {args.protocol} x{args.scale}: {method}{' / ' + variant if variant else ''}"
@@ -370,13 +379,13 @@ def run_all(todo: List[Tuple[str, Optional[str], List[str]]], args, commit: Opti
             running[future] = (pool, time.perf_counter(), label)
         if not running:
             print(f"benchmarks: time budget of {args.time_budget:.0f} s: {len(pending)} runs not started "
-                  f"(the longest run took {longest:.0f} s)", flush=True)
+                  f"(runs took up to {max(took.values(), default=0.0):.0f} s)", flush=True)
             return failed
         done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
         for future in done:
             pool, began, label = running.pop(future)
             pool.shutdown()
-            longest = max(longest, time.perf_counter() - began)
+            took[label] = max(took.get(label, 0.0), time.perf_counter() - began)
             try:
                 finish(future.result())
             except (Exception, SystemExit) as err:  # one failed run does not cost the others
@@ -409,7 +418,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
     p.add_argument("--repeats", type=int, default=3, help="runs of every method and variant (default 3)")
     p.add_argument("--parallel", type=int, default=1, help="runs at once on the one GPU; above 1 they are not timed")
     p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds: start no run once elapsed time plus the longest finished run would pass it")
+                   help="seconds: start no run once elapsed time plus its expected length (the longest finished run "
+                        "of its method and variant, else of any) would pass it")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=None, help="override max_num_iterations (tiny CPU checks)")

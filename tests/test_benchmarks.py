@@ -327,3 +327,12 @@ def test_a_budget_sweep_lands_through_the_harness(demo_scene, tmp_path, monkeypa
     (r,) = data["runs"]
     assert r["variant"] == "argp-b500" and r["gaussians_final"] == 500
     assert report.budget_of(r) == 500 and "| 500 | – | argp [" in path.with_suffix(".md").read_text()
+
+
+def test_a_run_is_expected_to_take_as_long_as_its_own_kind():
+    """The time budget expects a run to last as long as the longest finished run of its method and variant (a short
+    ARGP run after a long stock one still fits), else the longest of any, else nothing."""
+    assert run.expected_seconds({}, "splatfacto") == 0.0
+    took = {"splatfacto": 175.0, "splatfacto-argp": 95.0}
+    assert run.expected_seconds(took, "splatfacto-argp") == 95.0
+    assert run.expected_seconds(took, "floor0.1") == 175.0
