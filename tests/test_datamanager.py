@@ -1,4 +1,8 @@
-"""The lean step's datamanager: the same views in the same order as nerfstudio's, each camera made once."""
+"""The lean step's datamanager: the same views in the same order as nerfstudio's, each camera made once; the score
+pass's views made one at a time."""
+
+import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -6,6 +10,7 @@ from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatama
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 
 from argp_ns.datamanager import LeanDatamanager, LeanDatamanagerConfig
+from argp_ns.method_config import splatfacto_safeguard
 
 
 def setup(config_cls, scene, device):
@@ -43,11 +48,6 @@ def test_our_methods_train_on_it():
 def test_score_pass_views_are_made_one_at_a_time(demo_scene):
     """The model's score-pass views come one at a time (a float image per view only while the pass is on it) and
     are the training views with their cached images, in order."""
-    import copy
-    from collections.abc import Iterator
-
-    from argp_ns.method_config import splatfacto_safeguard
-
     config = copy.deepcopy(splatfacto_safeguard.config.pipeline)
     config.datamanager.dataparser = BlenderDataParserConfig(data=demo_scene)
     config.datamanager.cache_images_type = "uint8"

@@ -189,9 +189,10 @@ def assert_same(got: Dict[str, Tensor], ref: Dict[str, Tensor]) -> None:
     """keep, keep_tile and hits identical; wins identical in total, per Gaussian up to near-tie swaps; the float
     totals within rtol 1e-4, atol 1e-6 * max.
 
-    The kernel sums a pixel's scores in another order than the reference (both fp32), so at a pixel whose k-th and
-    (k+1)-th scores agree to the last bits the two may pick different winners: one Gaussian gains a win, the other
-    loses one (seen once on an H200, k 4 over 16 Gaussians: 2 of 21,135 wins moved). At most one swap per 10,000 wins is allowed."""
+    The kernel evaluates each score in fp32 with fused multiply-adds and CUDA's exp, the reference with PyTorch's
+    ops, so a score can differ in its last bits; at a pixel whose k-th and (k+1)-th scores are that close the two may
+    pick different winners: one Gaussian gains a win, the other loses one (seen once on an H200, k 4 over 16
+    Gaussians: 2 of 21,135 wins moved). At most one swap per 10,000 wins is allowed."""
     for key in ("keep", "keep_tile", "hits"):
         diff = int((got[key] != ref[key]).sum())
         assert diff == 0, f"{key}: {diff} differ (kernel total {int(got[key].sum())}, reference {int(ref[key].sum())})"
