@@ -118,8 +118,8 @@ def score_views(
     if k < 1:
         raise ValueError(f"top-k must be >= 1, got {k}")
     used = choose_backend(means.device, backend)
-    if used == "cuda" and k > 32:
-        raise ValueError(f"the CUDA pass supports k <= 32, got {k}")
+    if used == "cuda" and k > kernel.MAX_K:
+        raise ValueError(f"the CUDA pass supports k <= {kernel.MAX_K}, got {k}")
     totals = empty_totals(means.shape[0], means.device)
     result = ScorePassResult(totals=totals, backend=used)
     t0 = time.perf_counter()
