@@ -77,11 +77,12 @@ def splatfacto_big_trainer(method_name: str, model: SplatfactoModelConfig) -> Tr
     return config
 
 
-# splatfacto-big resets opacities to 2 x cull_alpha_thresh = 0.01; ARGP sets that value directly (AOP replaces the cull)
+# splatfacto-big resets opacities to 2 x cull_alpha_thresh = 0.01 and culls below 0.005; ARGP sets the reset value
+# directly and keeps the cull as AOP's floor
 splatfacto_argp_big = MethodSpecification(
     config=splatfacto_big_trainer("splatfacto-argp-big", SplatfactoArgpModelConfig(
-        cull_alpha_thresh=0.005, densify_grad_thresh=0.0005, reset_opacity_value=0.01)),
-    description="splatfacto-argp on splatfacto-big's settings (denser growth, opacity reset to 0.01).",
+        cull_alpha_thresh=0.005, densify_grad_thresh=0.0005, reset_opacity_value=0.01, aop_opacity_floor=0.005)),
+    description="splatfacto-argp on splatfacto-big's settings (denser growth, opacity reset to 0.01, AOP floor 0.005).",
 )
 
 splatfacto_safeguard_big = MethodSpecification(

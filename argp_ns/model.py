@@ -393,8 +393,9 @@ class SplatfactoArgpModelConfig(PruningModelConfig):
     """Densification (and AOP) stops here (official ARGP: 12,000; splatfacto: 15,000)."""
     prune_quantile: float = 0.01
     """AOP: prune activated opacity strictly below this quantile at each refine step."""
-    aop_opacity_floor: float = 0.0
-    """AOP also prunes below this absolute opacity (0: pure AOP as published; 0.1: on top of splatfacto's cull)."""
+    aop_opacity_floor: float = 0.1
+    """AOP prunes below max(quantile, this absolute opacity): 0.1 keeps splatfacto's own cull under AOP (the default,
+    chosen on fox and bonsai: see the README's "Defaults"); 0 is pure AOP as published."""
     reset_opacity_value: float = 0.2
     """Opacity reset value (splatfacto: 0.2 = 2 x cull_alpha_thresh; official ARGP: 0.01)."""
     irp_start: int = 12000

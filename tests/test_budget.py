@@ -313,6 +313,9 @@ def test_big_methods_use_splatfacto_big_settings():
         assert base.optimizers["bilateral_grid"]["optimizer"].lr == stock.optimizers["bilateral_grid"]["optimizer"].lr
         assert cfg.max_num_iterations == big.max_num_iterations
     assert methods["splatfacto-argp-big"].pipeline.model.reset_opacity_value == 2 * 0.005  # splatfacto-big's reset
+    # AOP's floor is each base's own absolute cull: splatfacto's 0.1, splatfacto-big's 0.005
+    assert methods["splatfacto-argp"].pipeline.model.aop_opacity_floor == stock.pipeline.model.cull_alpha_thresh == 0.1
+    assert methods["splatfacto-argp-big"].pipeline.model.aop_opacity_floor == big.pipeline.model.cull_alpha_thresh
     out = subprocess.run(["ns-train", "--help"], capture_output=True, text=True, check=True).stdout
     assert "splatfacto-argp-big" in out and "splatfacto-safeguard-big" in out
 

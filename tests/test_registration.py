@@ -47,7 +47,8 @@ def test_ns_train_help_lists_methods():
 @pytest.mark.parametrize(
     "method,field,value",
     [("splatfacto-argp", "irp_mode", "frozen"), ("splatfacto-argp", "mark_ratio", "0.5"), ("splatfacto-argp", "irp_preset", "earlier"),
-     ("splatfacto-argp", "prune_quantile", "0.02"), ("splatfacto-safeguard", "top_k", "4"),
+     ("splatfacto-argp", "prune_quantile", "0.02"), ("splatfacto-argp", "aop_opacity_floor", "0.0"),
+     ("splatfacto-safeguard", "top_k", "4"),
      ("splatfacto-safeguard", "prune_method", "radsplat"), ("splatfacto-safeguard", "topk_scope", "tile")],
 )
 def test_flags_exposed(method, field, value):
