@@ -193,6 +193,8 @@ class ArgpStrategy(SyncFreeStrategy):
             v = getattr(self, name)
             if not 0.0 < v < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {v}")
+        if not 0.0 <= self.opacity_floor < 1.0:  # a floor of 1 would cull every Gaussian at the first refine step
+            raise ValueError(f"opacity_floor (aop-opacity-floor) must be in [0, 1), got {self.opacity_floor}")
         if self.irp_every < 1:
             raise ValueError(f"irp_every must be >= 1, got {self.irp_every}")
         if not self.refine_stop_iter <= self.irp_start <= self.irp_last:
@@ -238,7 +240,8 @@ class ArgpStrategy(SyncFreeStrategy):
         return step in rounds and step != rounds[0]
 
     def _prune_gs(self, params, optimizers, state: Dict[str, Any], step: int) -> int:
-        """AOP: strictly-below-quantile opacity, OR gsplat's 3-D scale and screen-size rules."""
+        """AOP: activated opacity strictly below ``max(quantile(opacity, prune_quantile), opacity_floor)``, OR gsplat's
+        3-D scale and screen-size rules."""
         opa = torch.sigmoid(params["opacities"].flatten())
         is_prune = opa < torch.clamp(quantile(opa, self.prune_quantile), min=self.opacity_floor)
         if step > self.reset_every:

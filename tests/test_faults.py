@@ -190,6 +190,8 @@ CASES: Dict[str, tuple] = {
     # ns-train
     "train-prune-quantile-0": (lambda c: ns_train(c, extra=["--pipeline.model.prune-quantile=0"]), "argp_ns: prune_quantile must be in (0, 1), got 0.0"),
     "train-prune-quantile-1": (lambda c: ns_train(c, extra=["--pipeline.model.prune-quantile=1"]), "argp_ns: prune_quantile must be in (0, 1), got 1.0"),
+    "train-aop-opacity-floor-1": (lambda c: ns_train(c, extra=["--pipeline.model.aop-opacity-floor=1"]),
+                                  "argp_ns: opacity_floor (aop-opacity-floor) must be in [0, 1), got 1.0"),
     "train-irp-every-0": (lambda c: ns_train(c, extra=["--pipeline.model.irp-every=0"]), "argp_ns: irp_every must be >= 1, got 0"),
     "train-irp-beyond-the-run": (lambda c: ns_train(c, extra=["--pipeline.model.irp-start=100", "--pipeline.model.irp-last=100"]),
                                  "argp_ns: irp_last=100 must be before the last training step (20)"),

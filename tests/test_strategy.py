@@ -57,6 +57,21 @@ def test_aop_prunes_exactly_below_the_quantile_with_ties():
     assert_aligned(params, optimizers, state)
 
 
+@pytest.mark.parametrize("floor", [0.0, 0.03, 0.1, 0.5])
+def test_aop_floor_prunes_below_the_larger_of_quantile_and_floor(floor):
+    """The 5 % quantile of these opacities is about 0.054: a floor below it changes nothing, one above it rules."""
+    opa = torch.linspace(0.01, 0.9, 1000)
+    params, optimizers = make_params(1000, opacities=opa)
+    strat = ArgpStrategy(prune_quantile=0.05, opacity_floor=floor, reset_every=3000)
+    state = strat.initialize_state()
+    state["extra"] = torch.arange(1000)
+    act = torch.sigmoid(params["opacities"].flatten()).detach()
+    expected = torch.nonzero(act >= max(float(torch.quantile(act, 0.05)), floor))[:, 0]
+    assert strat._prune_gs(params, optimizers, state, step=600) == 1000 - expected.numel()
+    assert torch.equal(state["extra"], expected)
+    assert_aligned(params, optimizers, state)
+
+
 @pytest.mark.parametrize("preset,expected", [
     ("released", [0.580, 0.454, 0.2986, 0.2167, 0.1486]),
     ("earlier", [0.675, 0.5125, 0.3744, 0.2769, 0.2040]),  # anchors-and-official-code.md: about 20.4 %
@@ -99,7 +114,9 @@ def test_irp_keeps_the_highest_recovery_scores():
 
 
 def test_config_errors_are_one_line():
-    for kwargs, text in (({"mark_ratio": 1.5}, "mark_ratio"), ({"irp_last": 40000}, "irp_last"), ({"irp_start": 5000}, "IRP rounds")):
+    for kwargs, text in (({"mark_ratio": 1.5}, "mark_ratio"), ({"irp_last": 40000}, "irp_last"), ({"irp_start": 5000}, "IRP rounds"),
+                         ({"opacity_floor": 1.0}, r"opacity_floor \(aop-opacity-floor\) must be in \[0, 1\)"),
+                         ({"opacity_floor": -0.1}, "opacity_floor")):
         with pytest.raises(ValueError, match=text) as err:
             ArgpStrategy(refine_stop_iter=12000, **kwargs).check_config(30000)
         assert "\n" not in str(err.value)
