@@ -4,10 +4,19 @@
     python -m benchmarks.report merge INTO.json FROM.json                    # append FROM's runs to INTO
 
 Runs with a budget (``--pipeline.model.budget N`` among their flags, however they were launched) also form the
-same-count table: one row per (budget, rule, commit), the rule read from the method and its ``prune-method`` flag.
+same-count table: one row per (budget, rule, training), the rule read from the method and its ``prune-method`` flag.
 
-A row of the table is one (method, variant, commit): every figure is a mean over its runs with the sample standard
-deviation (n - 1) and n. Speed figures (train s, speed-up, it/s, render ms, FPS) use timed runs only. "Stock" runs
+A row of the table is one (method, flags, training): every figure is a mean over its runs with the sample standard
+deviation (n - 1) and n. A run's training is its commit, unless the file's ``alike`` list puts that commit in a group
+of commits that train identically for the same flags; a group may also state, per commit and method, the defaults of
+the flags whose default changed within it, so that a run is read as the flags it would take at the group's last
+commit (say ``--pipeline.model.aop-opacity-floor 0.1`` given at an older commit is the newer default, no flag)::
+
+    "alike": [{"commits": ["c1", "c2"], "why": "c2 only changed the report",
+               "defaults": {"c1": {"splatfacto-argp": "--pipeline.model.aop-opacity-floor 0"},
+                            "c2": {"splatfacto-argp": "--pipeline.model.aop-opacity-floor 0.1"}}}]
+
+A row never pools runs of commits that no group declares alike, nor runs whose flags differ once so read. Speed figures (train s, speed-up, it/s, render ms, FPS) use timed runs only. "Stock" runs
 are ``splatfacto`` runs without ns-train flags (whatever their variant label); the Gaussian share is against their
 mean count, and a speed-up is the ratio of the mean training time of the stock runs of a host to the row's mean on
 that same host, or, where the row has no timed run on a host with a timed stock run, against the stock host with
@@ -26,7 +35,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 SCHEMA = json.loads((Path(__file__).parent / "schema.json").read_text())
 Run = Dict[str, Any]
-RowKey = Tuple[str, Optional[str], str]
+Flags = Dict[str, str]
+# a row: (method, flags as the group's last commit reads them, the commit group)
+RowKey = Tuple[str, str, str]
 
 
 class ResultsMismatch(SystemExit):
@@ -104,9 +115,9 @@ def stock_mean_count(results: Dict[str, Any]) -> Optional[float]:
     return statistics.fmean(counts) if counts else None
 
 
-def flag_values(run: Run) -> Dict[str, str]:
-    """The run's ns-train flags as {flag: value} (``--a b`` and ``--a=b``; a flag without a value maps to "")."""
-    words, out, i = shlex.split(run["config"].get("flags") or ""), {}, 0
+def parse_flags(text: str) -> Flags:
+    """ns-train flags as {flag: value} (``--a b`` and ``--a=b``; a flag without a value maps to "")."""
+    words, out, i = shlex.split(text or ""), {}, 0
     while i < len(words):
         flag, eq, value = words[i].partition("=")
         if not eq and i + 1 < len(words) and not words[i + 1].startswith("--"):
@@ -114,6 +125,40 @@ def flag_values(run: Run) -> Dict[str, str]:
         out[flag] = value
         i += 1
     return out
+
+
+def flag_values(run: Run) -> Flags:
+    """The run's own ns-train flags as {flag: value}."""
+    return parse_flags(run["config"].get("flags") or "")
+
+
+def alike_group(results: Dict[str, Any], commit: str) -> Optional[Dict[str, Any]]:
+    """The ``alike`` group of ``commit`` in the results file, None where it is in none."""
+    return next((g for g in results.get("alike", []) if commit in g["commits"]), None)
+
+
+def training_of(results: Dict[str, Any], run: Run) -> Tuple[str, Flags]:
+    """(training, flags) of a run: the training is its commit, or its ``alike`` group's commits joined by "+"; the flags
+    are ``defaults[commit][method]`` overridden by the run's own flags, less those equal to the group's last commit's
+    defaults (so they read as that commit would take them)."""
+    commit = commit_of(run)
+    group = alike_group(results, commit)
+    if group is None:
+        return commit, flag_values(run)
+    defaults = group.get("defaults", {})
+    own = {**parse_flags(defaults.get(commit, {}).get(run["method"], "")), **flag_values(run)}
+    last = parse_flags(defaults.get(group["commits"][-1], {}).get(run["method"], ""))
+    return "+".join(group["commits"]), {k: v for k, v in own.items() if last.get(k) != v}
+
+
+def flags_text(flags: Flags) -> str:
+    """The flags as one short string, ``--pipeline.model.`` left out: "aop-opacity-floor 0 irp-mode hidden"."""
+    return " ".join(f"{k.removeprefix('--pipeline.model.')} {v}".strip() for k, v in flags.items())
+
+
+def commits_of(runs: Sequence[Run]) -> str:
+    """The commits the runs come from, in file order, joined by "+"."""
+    return "+".join(dict.fromkeys(commit_of(r) for r in runs))
 
 
 BUDGET_FLAG, RULE_FLAG, FINAL_FLAG = "--pipeline.model.budget", "--pipeline.model.prune-method", "--pipeline.model.final-round"
@@ -125,27 +170,28 @@ def budget_of(run: Run) -> Optional[int]:
     return int(value) if value and int(value) > 0 else None
 
 
-def rule_of(run: Run) -> str:
+def rule_of(run: Run, flags: Optional[Flags] = None) -> str:
     """The pruning rule of a budget run: ``argp`` for splatfacto-argp(-big) (``argp+safeguard`` with a safeguard final
-    round), else its prune-method (default safeguard); a ``-big`` method and any other flags are appended, so runs that
-    train differently never share a row."""
-    flags = flag_values(run)
+    round), else its prune-method (default safeguard); a ``-big`` method and any other flags (``flags``: the run's own
+    unless given) are appended, so runs that train differently never share a row."""
+    flags = flag_values(run) if flags is None else flags
     if run["method"].startswith("splatfacto-argp"):
         final = flags.get(FINAL_FLAG, "irp")
         rule, own = "argp" + ("" if final == "irp" else "+" + final), (BUDGET_FLAG, FINAL_FLAG)
     else:
         rule, own = flags.get(RULE_FLAG, "safeguard"), (BUDGET_FLAG, RULE_FLAG)
-    rest = " ".join(f"{k} {v}".strip() for k, v in flags.items() if k not in own)
+    rest = flags_text({k: v for k, v in flags.items() if k not in own})
     return rule + (" (big)" if run["method"].endswith("-big") else "") + (f" [{rest}]" if rest else "")
 
 
 def same_count_rows(results: Dict[str, Any]) -> Dict[Tuple[int, str, str], List[Run]]:
-    """Budget runs grouped by (budget, rule, commit), budgets ascending, rules in order of their first run."""
+    """Budget runs grouped by (budget, rule, training), budgets ascending, rules in order of their first run."""
     out: Dict[Tuple[int, str, str], List[Run]] = {}
     for r in results["runs"]:
         n = budget_of(r)
         if n is not None:
-            out.setdefault((n, rule_of(r), commit_of(r)), []).append(r)
+            training, flags = training_of(results, r)
+            out.setdefault((n, rule_of(r, flags), training), []).append(r)
     return dict(sorted(out.items(), key=lambda kv: kv[0][0]))
 
 
@@ -162,13 +208,13 @@ def same_count_table(results: Dict[str, Any]) -> Optional[str]:
     head = ("| budget | % of splatfacto | rule | n | PSNR | vs stock dB | SSIM | Gaussians | off budget | train s | "
             "render ms |\n" + "|---" * 11 + "|")
     lines = []
-    for (n, rule, commit), runs in sorted(grouped.items(), key=lambda kv: (kv[0][0], -statistics.fmean(r["psnr"] for r in kv[1]))):
+    for (n, rule, _), runs in sorted(grouped.items(), key=lambda kv: (kv[0][0], -statistics.fmean(r["psnr"] for r in kv[1]))):
         timed = [r for r in runs if is_timed(r)]
         psnr = statistics.fmean(r["psnr"] for r in runs)
         final = statistics.fmean(r["gaussians_final"] for r in runs)
         lines.append(
             f"| {n:,} | {'–' if stock_count is None else format(100.0 * n / stock_count, '.0f')} | "
-            f"{rule}{f' @{commit}' if commits > 1 else ''} | {len(runs)} | {pm([r['psnr'] for r in runs], '.2f')} | "
+            f"{rule}{f' @{commits_of(runs)}' if commits > 1 else ''} | {len(runs)} | {pm([r['psnr'] for r in runs], '.2f')} | "
             f"{'–' if stock_psnr is None else format(psnr - stock_psnr, '+.2f')} | {pm([r['ssim'] for r in runs], '.3f')} | "
             f"{pm([r['gaussians_final'] for r in runs], ',.0f')} | {100.0 * (final - n) / n:+.1f} % | "
             f"{pm([r['train_seconds'] for r in timed], '.0f')} | {pm([r['render_ms'] for r in timed], '.2f')} |")
@@ -178,9 +224,10 @@ def same_count_table(results: Dict[str, Any]) -> Optional[str]:
     return "\n".join(["#### Same count", "", head, *lines, *notes])
 
 
-def row_key(run: Run) -> RowKey:
-    """The table row of a run: method, variant, commit (a row never mixes commits)."""
-    return run["method"], run.get("variant"), commit_of(run)
+def row_key(results: Dict[str, Any], run: Run) -> RowKey:
+    """The table row of a run: method, flags, training (a row never mixes commits that are not declared alike)."""
+    training, flags = training_of(results, run)
+    return run["method"], flags_text(flags), training
 
 
 def rows(results: Dict[str, Any]) -> Dict[RowKey, List[Run]]:
@@ -189,7 +236,7 @@ def rows(results: Dict[str, Any]) -> Dict[RowKey, List[Run]]:
     out: Dict[RowKey, List[Run]] = {}
     for r in results["runs"]:
         if budget_of(r) is None:
-            out.setdefault(row_key(r), []).append(r)
+            out.setdefault(row_key(results, r), []).append(r)
     return out
 
 
@@ -252,14 +299,18 @@ def speed_up(own: Sequence[Run], stock: Sequence[Run]) -> str:
     return f"{fastest / statistics.fmean(own_timed):.2f}x*"
 
 
-def row_name(key: RowKey, commits: int) -> str:
-    """ "method (variant) @commit", the commit only where the file holds more than one."""
-    method, variant, commit = key
-    return method + (f" ({variant})" if variant else "") + (f" @{commit}" if commits > 1 else "")
+def row_name(key: RowKey, runs: Sequence[Run], trainings: int) -> str:
+    """ "method (variant) [flags] @commits": the variant label where all the row's runs carry the same one, the
+    commits only where the file holds more than one training."""
+    method, flags, _ = key
+    variants = {r.get("variant") for r in runs}
+    variant = variants.pop() if len(variants) == 1 else None
+    return (method + (f" ({variant})" if variant else "") + (f" [{flags}]" if flags else "")
+            + (f" @{commits_of(runs)}" if trainings > 1 else ""))
 
 
 def table(results: Dict[str, Any]) -> str:
-    """Markdown table: one row per (method, variant, commit), mean ± std and n (see the module's docstring)."""
+    """Markdown table: one row per (method, flags, training), mean ± std and n (see the module's docstring)."""
     stock = [r for r in results["runs"] if is_stock(r)]
     stock_count = stock_mean_count(results)
     grouped = rows(results)
@@ -274,7 +325,7 @@ def table(results: Dict[str, Any]) -> str:
         ms = mean_std([r["render_ms"] for r in timed if r.get("render_ms")])[0]
         ply = [None if r["ply_bytes"] is None else r["ply_bytes"] / 2**20 for r in runs]
         lines.append(
-            f"| {row_name(key, commits)} | {len(runs)} | {len(timed)} | {pm([r['psnr'] for r in runs], '.2f')} | "
+            f"| {row_name(key, runs, commits)} | {len(runs)} | {len(timed)} | {pm([r['psnr'] for r in runs], '.2f')} | "
             f"{pm([r['ssim'] for r in runs], '.3f')} | {pm([r['lpips'] for r in runs], '.3f')} | {pm(final, ',.0f')} | "
             f"{share} | {pm([r['gaussians_peak'] for r in runs], ',.0f')} | {pm([r['train_seconds'] for r in timed], '.0f')} | "
             f"{speed_up(runs, stock)} | {mean_thirds(timed)} | {pm([r['render_ms'] for r in timed], '.2f')} | "
@@ -288,6 +339,11 @@ def table(results: Dict[str, Any]) -> str:
                      f"({min(r['psnr'] for r in stock):.2f}-{max(r['psnr'] for r in stock):.2f}), "
                      f"{stock_count:,.0f} Gaussians: the 100 % of the share column. Speed-ups: mean stock time over "
                      "the row's mean on the same host (one ratio per host), else (*) against the fastest stock host.")
+    present = {commit_of(r) for r in results["runs"]}
+    for group in results.get("alike", []):
+        if present & set(group["commits"]):
+            notes.append(f"Commits {', '.join(group['commits'])} train alike ({group['why']}): their runs share rows, "
+                         "each read with the flags it would take at the last of them.")
     same = same_count_table(results)
     return "\n".join([f"### {title}", "", head, *lines, *notes, *(["", same] if same else []), "",
                       f"Command: `{results['command']}`"])
@@ -348,13 +404,15 @@ def plot(results: Dict[str, Any], path: Path) -> None:
         base = all(is_stock(r) for r in runs)
         ax.errorbar(x, y, xerr=dx or 0.0, yerr=dy or 0.0, fmt="*" if base else "o", ms=12 if base else 6,
                     color="black" if base else None, capsize=3, zorder=3)
-        label = (key[1] or key[0]) + (f" @{key[2]}" if commits > 1 else "") + f" (n={len(runs)})"
+        variants = {r.get("variant") for r in runs}
+        name = variants.pop() if len(variants) == 1 and None not in variants else key[0] + (f" [{key[1]}]" if key[1] else "")
+        label = name + (f" @{commits_of(runs)}" if commits > 1 else "") + f" (n={len(runs)})"
         ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     _save(fig, ax, results, path, stock)
 
 
 def plot_same_count(results: Dict[str, Any], path: Path) -> bool:
-    """The same-count plot: per rule (and commit), mean ± std PSNR against mean ± std final count at each budget,
+    """The same-count plot: per rule (and training), mean ± std PSNR against mean ± std final count at each budget,
     joined by a line, over stock splatfacto's band. False (nothing written) without budget runs."""
     grouped = same_count_rows(results)
     if not grouped:
@@ -363,9 +421,9 @@ def plot_same_count(results: Dict[str, Any], path: Path) -> bool:
     _stock_band(ax, results)
     commits = len({k[2] for k in grouped})
     lines: Dict[str, List[Tuple[float, float, float, float]]] = {}
-    for (_, rule, commit), runs in grouped.items():
+    for (_, rule, training), runs in grouped.items():
         (x, dx), (y, dy) = mean_std([r["gaussians_final"] for r in runs]), mean_std([r["psnr"] for r in runs])
-        lines.setdefault(rule + (f" @{commit}" if commits > 1 else ""), []).append((x, dx or 0.0, y, dy or 0.0))
+        lines.setdefault(rule + (f" @{training}" if commits > 1 else ""), []).append((x, dx or 0.0, y, dy or 0.0))
     for label, pts in lines.items():
         xs, dxs, ys, dys = zip(*sorted(pts))
         ax.errorbar(xs, ys, xerr=dxs, yerr=dys, fmt="o-", ms=5, capsize=3, lw=1, label=label, zorder=3)

@@ -158,9 +158,10 @@ def test_table_mean_std_n_and_same_host_speed_up():
     data = _results([_run("splatfacto", seconds=20.0, psnr=29.0), _run("splatfacto", seconds=22.0, psnr=31.0),
                      _run("splatfacto", seconds=10.0, host="h2", psnr=30.0),
                      _run(seconds=14.0, n=20), _run(seconds=18.0, n=40, psnr=32.0),
-                     _run(variant="elsewhere", seconds=16.0, host="h3", n=20)])
+                     {**_run(variant="elsewhere", seconds=16.0, host="h3", n=20),
+                      "config": {"flags": "--pipeline.model.irp-mode hidden", "max_num_iterations": 300}}])
     rows = _rows(data)
-    stock, argp, other = rows["splatfacto"], rows["splatfacto-argp"], rows["splatfacto-argp (elsewhere)"]
+    stock, argp, other = rows["splatfacto"], rows["splatfacto-argp"], rows["splatfacto-argp (elsewhere) [irp-mode hidden]"]
     assert stock[1:4] == ["3", "3", "30.00 ± 1.00"]
     assert argp[1:4] == ["2", "2", "31.00 ± 1.41"] and argp[6] == "30 ± 14"
     assert argp[7] == "30.0"  # 30 Gaussians against the stock mean of 100
@@ -192,6 +193,37 @@ def test_commits_never_share_a_row(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
+def _flagged(entry, flags):
+    return {**entry, "config": {**entry["config"], "flags": flags}}
+
+
+def test_commits_declared_alike_share_rows_read_at_the_last_commits_defaults(tmp_path):
+    floor = "--pipeline.model.aop-opacity-floor"
+    data = _results([_run("splatfacto", commit="c1", psnr=29.0), _run("splatfacto", commit="c2", psnr=31.0),
+                     _flagged(_run(variant="floor", commit="c1", psnr=30.0), f"{floor} 0.1"),  # c2's default, given
+                     _run(commit="c2", psnr=32.0),  # c2's default
+                     _run(commit="c1", psnr=20.0),  # c1's default: pure AOP, a flag at c2
+                     _run(commit="c3", psnr=25.0),  # not declared alike
+                     _flagged(_run(commit="c1", psnr=27.0, n=10), f"{floor} 0.1 --pipeline.model.budget 10"),
+                     _flagged(_run(commit="c2", psnr=28.0, n=10), "--pipeline.model.budget 10"),
+                     _flagged(_run(commit="c1", psnr=26.0, n=10), "--pipeline.model.budget 10")])
+    data["alike"] = [{"commits": ["c1", "c2"], "why": "c2 changed a default",
+                      "defaults": {"c1": {"splatfacto-argp": f"{floor} 0"}, "c2": {"splatfacto-argp": f"{floor} 0.1"}}}]
+    report.validate(data)
+    rows = _rows(data)
+    assert set(rows) == {"splatfacto @c1+c2", "splatfacto-argp @c1+c2", "splatfacto-argp [aop-opacity-floor 0] @c1",
+                         "splatfacto-argp @c3"}
+    assert rows["splatfacto-argp @c1+c2"][1:4] == ["2", "2", "31.00 ± 1.41"]
+    assert rows["splatfacto @c1+c2"][1:4] == ["2", "2", "30.00 ± 1.41"]
+    assert rows["splatfacto-argp [aop-opacity-floor 0] @c1"][3] == "20.00"
+    same = [ln.split(" | ") for ln in report.same_count_table(data).splitlines() if ln.startswith("| 10 ")]
+    assert [(ln[2], ln[3], ln[4]) for ln in same] == [("argp", "2", "27.50 ± 0.71"), ("argp [aop-opacity-floor 0]", "1", "26.00")]
+    assert "Commits c1, c2 train alike (c2 changed a default)" in report.table(data)
+    del data["alike"]  # undeclared: every commit its own row
+    assert {"splatfacto-argp @c1", "splatfacto-argp (floor) [aop-opacity-floor 0.1] @c1", "splatfacto-argp @c2"} <= set(_rows(data))
+    report.plot(data, tmp_path / "p.png")
+
+
 def test_step_marks_give_it_per_second_by_third():
     marks = {"100": [1.0, 50], "200": [3.0, 50], "300": [4.0, 20]}
     data = _results([_run(marks=marks), _run(marks={k: [2 * v[0], v[1]] for k, v in marks.items()})])
@@ -209,7 +241,7 @@ def test_stored_files_load_validate_and_render(name, gpu, tmp_path):
     assert [r["repeat"] for r in data["runs"]] == [keys[:i].count(k) for i, k in enumerate(keys)]
     text = report.render(data, path)
     # one main row per (method, variant, commit) of the runs without a budget (old runs: one commit, one row each)
-    main = {report.row_key(r) for r in data["runs"] if report.budget_of(r) is None}
+    main = {report.row_key(data, r) for r in data["runs"] if report.budget_of(r) is None}
     assert text.count("\n| splatfacto") == len(main)
     assert path.with_suffix(".png").stat().st_size > 0
     budgets = {report.budget_of(r) for r in data["runs"]} - {None}
@@ -294,7 +326,7 @@ def test_same_count_table_ranks_rules_within_a_budget(tmp_path):
     text = report.same_count_table(data)
     lines = [ln.split(" | ") for ln in text.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
     assert [(ln[0][2:], ln[2]) for ln in lines] == [
-        ("100", "radsplat"), ("100", "argp"), ("100", "argp [--pipeline.model.irp-mode hidden]"),
+        ("100", "radsplat"), ("100", "argp"), ("100", "argp [irp-mode hidden]"),
         ("300", "argp"), ("300", "safeguard"), ("300", "safeguard (big)")]
     radsplat, argp = lines[0], lines[1]
     assert radsplat[1] == "10" and radsplat[3] == "1" and radsplat[5] == "+0.00"  # stock mean 30.5 dB, 1,000 Gaussians
