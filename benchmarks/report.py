@@ -8,13 +8,14 @@ same-count table: one row per (budget, rule, training), the rule read from the m
 
 A row of the table is one (method, flags, training): every figure is a mean over its runs with the sample standard
 deviation (n - 1) and n. A run's training is its commit, unless the file's ``alike`` list puts that commit in a group
-of commits that train identically for the same flags; a group may also state, per commit and method, the defaults of
-the flags whose default changed within it, so that a run is read as the flags it would take at the group's last
+of commits that train identically for the same flags (all methods, or its ``methods`` only); a group may also state,
+per commit and method, the defaults of the flags whose default changed within it, so that a run is read as the flags it would take at the group's last
 commit (say ``--pipeline.model.aop-opacity-floor 0.1`` given at an older commit is the newer default, no flag)::
 
-    "alike": [{"commits": ["c1", "c2"], "why": "c2 only changed the report",
+    "alike": [{"commits": ["c1", "c2"], "why": "c2 changed a default",
                "defaults": {"c1": {"splatfacto-argp": "--pipeline.model.aop-opacity-floor 0"},
-                            "c2": {"splatfacto-argp": "--pipeline.model.aop-opacity-floor 0.1"}}}]
+                            "c2": {"splatfacto-argp": "--pipeline.model.aop-opacity-floor 0.1"}}},
+              {"commits": ["c0", "c1", "c2"], "methods": ["splatfacto"], "why": "stock splatfacto is nerfstudio's own"}]
 
 A row never pools runs of commits that no group declares alike, nor runs whose flags differ once so read. Speed figures (train s, speed-up, it/s, render ms, FPS) use timed runs only. "Stock" runs
 are ``splatfacto`` runs without ns-train flags (whatever their variant label); the Gaussian share is against their
@@ -132,9 +133,11 @@ def flag_values(run: Run) -> Flags:
     return parse_flags(run["config"].get("flags") or "")
 
 
-def alike_group(results: Dict[str, Any], commit: str) -> Optional[Dict[str, Any]]:
-    """The ``alike`` group of ``commit`` in the results file, None where it is in none."""
-    return next((g for g in results.get("alike", []) if commit in g["commits"]), None)
+def alike_group(results: Dict[str, Any], run: Run) -> Optional[Dict[str, Any]]:
+    """The first ``alike`` group of the results file that names the run's commit (and its method, where the group is
+    limited to ``methods``), None where none does."""
+    return next((g for g in results.get("alike", [])
+                 if commit_of(run) in g["commits"] and run["method"] in g.get("methods", [run["method"]])), None)
 
 
 def training_of(results: Dict[str, Any], run: Run) -> Tuple[str, Flags]:
@@ -142,7 +145,7 @@ def training_of(results: Dict[str, Any], run: Run) -> Tuple[str, Flags]:
     are ``defaults[commit][method]`` overridden by the run's own flags, less those equal to the group's last commit's
     defaults (so they read as that commit would take them)."""
     commit = commit_of(run)
-    group = alike_group(results, commit)
+    group = alike_group(results, run)
     if group is None:
         return commit, flag_values(run)
     defaults = group.get("defaults", {})
@@ -342,8 +345,9 @@ def table(results: Dict[str, Any]) -> str:
     present = {commit_of(r) for r in results["runs"]}
     for group in results.get("alike", []):
         if present & set(group["commits"]):
-            notes.append(f"Commits {', '.join(group['commits'])} train alike ({group['why']}): their runs share rows, "
-                         "each read with the flags it would take at the last of them.")
+            of = f" ({', '.join(group['methods'])})" if "methods" in group else ""
+            notes.append(f"Commits {', '.join(group['commits'])} train alike{of} ({group['why']}): their runs share "
+                         "rows, each read with the flags it would take at the last of them.")
     same = same_count_table(results)
     return "\n".join([f"### {title}", "", head, *lines, *notes, *(["", same] if same else []), "",
                       f"Command: `{results['command']}`"])

@@ -208,17 +208,24 @@ def test_commits_declared_alike_share_rows_read_at_the_last_commits_defaults(tmp
                      _flagged(_run(commit="c2", psnr=28.0, n=10), "--pipeline.model.budget 10"),
                      _flagged(_run(commit="c1", psnr=26.0, n=10), "--pipeline.model.budget 10")])
     data["alike"] = [{"commits": ["c1", "c2"], "why": "c2 changed a default",
-                      "defaults": {"c1": {"splatfacto-argp": f"{floor} 0"}, "c2": {"splatfacto-argp": f"{floor} 0.1"}}}]
+                      "defaults": {"c1": {"splatfacto-argp": f"{floor} 0"}, "c2": {"splatfacto-argp": f"{floor} 0.1"}}},
+                     {"commits": ["c1", "c2", "c3"], "methods": ["splatfacto"], "why": "stock is nerfstudio's"}]
+    data["runs"].append(_run("splatfacto", commit="c3", psnr=30.0))
     report.validate(data)
     rows = _rows(data)
-    assert set(rows) == {"splatfacto @c1+c2", "splatfacto-argp @c1+c2", "splatfacto-argp [aop-opacity-floor 0] @c1",
-                         "splatfacto-argp @c3"}
+    assert set(rows) == {"splatfacto @c1+c2", "splatfacto @c3", "splatfacto-argp @c1+c2",
+                         "splatfacto-argp [aop-opacity-floor 0] @c1", "splatfacto-argp @c3"}
     assert rows["splatfacto-argp @c1+c2"][1:4] == ["2", "2", "31.00 ± 1.41"]
+    # stock: the first group naming c1 and c2 is the splatfacto-argp one (all methods), so c3's stock run stays apart
     assert rows["splatfacto @c1+c2"][1:4] == ["2", "2", "30.00 ± 1.41"]
+    data["alike"].reverse()  # the stock group first: stock pools over all three
+    assert _rows(data)["splatfacto @c1+c2+c3"][1:4] == ["3", "3", "30.00 ± 1.00"]
+    data["alike"].reverse()
     assert rows["splatfacto-argp [aop-opacity-floor 0] @c1"][3] == "20.00"
     same = [ln.split(" | ") for ln in report.same_count_table(data).splitlines() if ln.startswith("| 10 ")]
     assert [(ln[2], ln[3], ln[4]) for ln in same] == [("argp", "2", "27.50 ± 0.71"), ("argp [aop-opacity-floor 0]", "1", "26.00")]
     assert "Commits c1, c2 train alike (c2 changed a default)" in report.table(data)
+    assert "Commits c1, c2, c3 train alike (splatfacto) (stock is nerfstudio's)" in report.table(data)
     del data["alike"]  # undeclared: every commit its own row
     assert {"splatfacto-argp @c1", "splatfacto-argp (floor) [aop-opacity-floor 0.1] @c1", "splatfacto-argp @c2"} <= set(_rows(data))
     report.plot(data, tmp_path / "p.png")
