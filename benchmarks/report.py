@@ -9,17 +9,18 @@ same-count table: one row per (budget, rule, training), the rule read from the m
 A row of the table is one (method, flags, training): every figure is a mean over its runs with the sample standard
 deviation (n - 1) and n. A run's training is its commit, unless the file's ``alike`` list puts that commit in a group
 of commits that train identically for the same flags (all methods, or its ``methods`` only); a group may also state,
-per commit and method, the defaults of the flags whose default changed within it, so that a run is read as the flags it would take at the group's last
-commit (say ``--pipeline.model.aop-opacity-floor 0.1`` given at an older commit is the newer default, no flag)::
+per commit and method, the defaults of the flags whose default changed within it, so that a run is read as the flags
+it would take at the group's last commit (``--pipeline.model.aop-opacity-floor 0.1`` given at an older commit is the
+newer default, no flag)::
 
     "alike": [{"commits": ["c1", "c2"], "why": "c2 changed a default",
                "defaults": {"c1": {"splatfacto-argp": "--pipeline.model.aop-opacity-floor 0"},
                             "c2": {"splatfacto-argp": "--pipeline.model.aop-opacity-floor 0.1"}}},
               {"commits": ["c0", "c1", "c2"], "methods": ["splatfacto"], "why": "stock splatfacto is nerfstudio's own"}]
 
-A row never pools runs of commits that no group declares alike, nor runs whose flags differ once so read. Speed figures (train s, speed-up, it/s, render ms, FPS) use timed runs only. "Stock" runs
-are ``splatfacto`` runs without ns-train flags (whatever their variant label); the Gaussian share is against their
-mean count, and a speed-up is the ratio of the mean training time of the stock runs of a host to the row's mean on
+A row never pools runs of commits that no group declares alike, nor runs whose flags differ once so read. Speed
+figures (train s, speed-up, it/s, render ms, FPS) use timed runs only. "Stock" runs are ``splatfacto`` runs without
+ns-train flags (whatever their variant label); the Gaussian share is against their mean count, and a speed-up is the ratio of the mean training time of the stock runs of a host to the row's mean on
 that same host, or, where the row has no timed run on a host with a timed stock run, against the stock host with
 the lowest mean (marked *).
 """
@@ -302,12 +303,17 @@ def speed_up(own: Sequence[Run], stock: Sequence[Run]) -> str:
     return f"{fastest / statistics.fmean(own_timed):.2f}x*"
 
 
+def shared_variant(runs: Sequence[Run]) -> Optional[str]:
+    """The variant label all the runs carry, None where they carry none or several."""
+    variants = {r.get("variant") for r in runs}
+    return variants.pop() if len(variants) == 1 else None
+
+
 def row_name(key: RowKey, runs: Sequence[Run], trainings: int) -> str:
     """ "method (variant) [flags] @commits": the variant label where all the row's runs carry the same one, the
     commits only where the file holds more than one training."""
     method, flags, _ = key
-    variants = {r.get("variant") for r in runs}
-    variant = variants.pop() if len(variants) == 1 else None
+    variant = shared_variant(runs)
     return (method + (f" ({variant})" if variant else "") + (f" [{flags}]" if flags else "")
             + (f" @{commits_of(runs)}" if trainings > 1 else ""))
 
@@ -408,8 +414,7 @@ def plot(results: Dict[str, Any], path: Path) -> None:
         base = all(is_stock(r) for r in runs)
         ax.errorbar(x, y, xerr=dx or 0.0, yerr=dy or 0.0, fmt="*" if base else "o", ms=12 if base else 6,
                     color="black" if base else None, capsize=3, zorder=3)
-        variants = {r.get("variant") for r in runs}
-        name = variants.pop() if len(variants) == 1 and None not in variants else key[0] + (f" [{key[1]}]" if key[1] else "")
+        name = shared_variant(runs) or key[0] + (f" [{key[1]}]" if key[1] else "")  # the short label where there is one
         label = name + (f" @{commits_of(runs)}" if commits > 1 else "") + f" (n={len(runs)})"
         ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     _save(fig, ax, results, path, stock)
