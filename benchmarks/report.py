@@ -208,7 +208,7 @@ def same_count_table(results: Dict[str, Any]) -> Optional[str]:
         return None
     stock_count = stock_mean_count(results)
     stock_psnr = mean_std([r["psnr"] for r in results["runs"] if is_stock(r)])[0]
-    commits = len({k[2] for k in grouped})
+    trainings = len({k[2] for k in grouped})
     head = ("| budget | % of splatfacto | rule | n | PSNR | vs stock dB | SSIM | Gaussians | off budget | train s | "
             "render ms |\n" + "|---" * 11 + "|")
     lines = []
@@ -218,7 +218,7 @@ def same_count_table(results: Dict[str, Any]) -> Optional[str]:
         final = statistics.fmean(r["gaussians_final"] for r in runs)
         lines.append(
             f"| {n:,} | {'–' if stock_count is None else format(100.0 * n / stock_count, '.0f')} | "
-            f"{rule}{f' @{commits_of(runs)}' if commits > 1 else ''} | {len(runs)} | {pm([r['psnr'] for r in runs], '.2f')} | "
+            f"{rule}{f' @{commits_of(runs)}' if trainings > 1 else ''} | {len(runs)} | {pm([r['psnr'] for r in runs], '.2f')} | "
             f"{'–' if stock_psnr is None else format(psnr - stock_psnr, '+.2f')} | {pm([r['ssim'] for r in runs], '.3f')} | "
             f"{pm([r['gaussians_final'] for r in runs], ',.0f')} | {100.0 * (final - n) / n:+.1f} % | "
             f"{pm([r['train_seconds'] for r in timed], '.0f')} | {pm([r['render_ms'] for r in timed], '.2f')} |")
@@ -323,7 +323,7 @@ def table(results: Dict[str, Any]) -> str:
     stock = [r for r in results["runs"] if is_stock(r)]
     stock_count = stock_mean_count(results)
     grouped = rows(results)
-    commits = len({k[2] for k in grouped})
+    trainings = len({k[2] for k in grouped})
     head = ("| method | n | timed | PSNR | SSIM | LPIPS | Gaussians | % of splatfacto | peak | train s | speed-up | "
             "it/s by third | render ms | FPS | peak MB | PLY MB |\n" + "|---" * 16 + "|")
     lines = []
@@ -334,7 +334,7 @@ def table(results: Dict[str, Any]) -> str:
         ms = mean_std([r["render_ms"] for r in timed if r.get("render_ms")])[0]
         ply = [None if r["ply_bytes"] is None else r["ply_bytes"] / 2**20 for r in runs]
         lines.append(
-            f"| {row_name(key, runs, commits)} | {len(runs)} | {len(timed)} | {pm([r['psnr'] for r in runs], '.2f')} | "
+            f"| {row_name(key, runs, trainings)} | {len(runs)} | {len(timed)} | {pm([r['psnr'] for r in runs], '.2f')} | "
             f"{pm([r['ssim'] for r in runs], '.3f')} | {pm([r['lpips'] for r in runs], '.3f')} | {pm(final, ',.0f')} | "
             f"{share} | {pm([r['gaussians_peak'] for r in runs], ',.0f')} | {pm([r['train_seconds'] for r in timed], '.0f')} | "
             f"{speed_up(runs, stock)} | {mean_thirds(timed)} | {pm([r['render_ms'] for r in timed], '.2f')} | "
@@ -408,14 +408,14 @@ def plot(results: Dict[str, Any], path: Path) -> None:
     fig, ax = _axes()
     stock = _stock_band(ax, results)
     grouped = rows(results)
-    commits = len({k[2] for k in grouped})
+    trainings = len({k[2] for k in grouped})
     for key, runs in grouped.items():
         (x, dx), (y, dy) = mean_std([r["gaussians_final"] for r in runs]), mean_std([r["psnr"] for r in runs])
         base = all(is_stock(r) for r in runs)
         ax.errorbar(x, y, xerr=dx or 0.0, yerr=dy or 0.0, fmt="*" if base else "o", ms=12 if base else 6,
                     color="black" if base else None, capsize=3, zorder=3)
         name = shared_variant(runs) or key[0] + (f" [{key[1]}]" if key[1] else "")  # the short label where there is one
-        label = name + (f" @{commits_of(runs)}" if commits > 1 else "") + f" (n={len(runs)})"
+        label = name + (f" @{commits_of(runs)}" if trainings > 1 else "") + f" (n={len(runs)})"
         ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     _save(fig, ax, results, path, stock)
 
@@ -428,11 +428,11 @@ def plot_same_count(results: Dict[str, Any], path: Path) -> bool:
         return False
     fig, ax = _axes()
     _stock_band(ax, results)
-    commits = len({k[2] for k in grouped})
+    trainings = len({k[2] for k in grouped})
     lines: Dict[str, List[Tuple[float, float, float, float]]] = {}
     for (_, rule, training), runs in grouped.items():
         (x, dx), (y, dy) = mean_std([r["gaussians_final"] for r in runs]), mean_std([r["psnr"] for r in runs])
-        lines.setdefault(rule + (f" @{training}" if commits > 1 else ""), []).append((x, dx or 0.0, y, dy or 0.0))
+        lines.setdefault(rule + (f" @{training}" if trainings > 1 else ""), []).append((x, dx or 0.0, y, dy or 0.0))
     for label, pts in lines.items():
         xs, dxs, ys, dys = zip(*sorted(pts))
         ax.errorbar(xs, ys, xerr=dxs, yerr=dys, fmt="o-", ms=5, capsize=3, lw=1, label=label, zorder=3)
