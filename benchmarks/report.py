@@ -20,9 +20,9 @@ newer default, no flag)::
 
 A row never pools runs of commits that no group declares alike, nor runs whose flags differ once so read. Speed
 figures (train s, speed-up, it/s, render ms, FPS) use timed runs only. "Stock" runs are ``splatfacto`` runs without
-ns-train flags (whatever their variant label); the Gaussian share is against their mean count, and a speed-up is the ratio of the mean training time of the stock runs of a host to the row's mean on
-that same host, or, where the row has no timed run on a host with a timed stock run, against the stock host with
-the lowest mean (marked *).
+ns-train flags (whatever their variant label); the Gaussian share is against their mean count, and a speed-up is the
+ratio of the mean training time of the stock runs of a host to the row's mean on that same host, or, where the row
+has no timed run on a host with a timed stock run, against the stock host with the lowest mean (marked *).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 SCHEMA = json.loads((Path(__file__).parent / "schema.json").read_text())
 Run = Dict[str, Any]
 Flags = Dict[str, str]
-# a row: (method, flags as the group's last commit reads them, the commit group)
+# a row: (method, flags as the group's last commit reads them, the training: a commit or an alike group's commits)
 RowKey = Tuple[str, str, str]
 
 

@@ -247,7 +247,7 @@ def test_stored_files_load_validate_and_render(name, gpu, tmp_path):
     keys = [(r["method"], r.get("variant")) for r in data["runs"]]
     assert [r["repeat"] for r in data["runs"]] == [keys[:i].count(k) for i, k in enumerate(keys)]
     text = report.render(data, path)
-    # one main row per (method, variant, commit) of the runs without a budget (old runs: one commit, one row each)
+    # one main row per (method, flags, training) of the runs without a budget
     main = {report.row_key(data, r) for r in data["runs"] if report.budget_of(r) is None}
     assert text.count("\n| splatfacto") == len(main)
     assert path.with_suffix(".png").stat().st_size > 0
