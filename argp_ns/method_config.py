@@ -1,4 +1,4 @@
-"""The two nerfstudio methods, registered through the ``nerfstudio.method_configs`` entry point.
+"""The nerfstudio methods (the two pruning methods, their -big variants, and the MCMC baseline), registered through the ``nerfstudio.method_configs`` entry point.
 
 Both are built like nerfstudio's ``splatfacto`` (the same datamanager settings, optimizers, schedules, 30k steps);
 only the model config differs.
@@ -15,7 +15,7 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from argp_ns.datamanager import LeanDatamanagerConfig
-from argp_ns.model import SplatfactoArgpModelConfig, SplatfactoSafeguardModelConfig
+from argp_ns.model import SplatfactoArgpModelConfig, SplatfactoMcmcModelConfig, SplatfactoSafeguardModelConfig
 from argp_ns.train_step import FusedAdamOptimizerConfig
 from argp_ns.trainer import ArgpTrainerConfig
 
@@ -66,6 +66,11 @@ splatfacto_argp = MethodSpecification(
 splatfacto_safeguard = MethodSpecification(
     config=splatfacto_trainer("splatfacto-safeguard", SplatfactoSafeguardModelConfig()),
     description="splatfacto + SafeguardGS: one pixel-level top-k prune (or LightGaussian/Mini-Splatting/RadSplat/EfficientGS).",
+)
+
+splatfacto_mcmc = MethodSpecification(
+    config=splatfacto_trainer("splatfacto-mcmc", SplatfactoMcmcModelConfig()),
+    description="splatfacto + gsplat's MCMC densification under a hard cap (--pipeline.model.budget N): the baseline.",
 )
 
 

@@ -1,4 +1,5 @@
-"""splatfacto models that prune: the shared base, ``splatfacto-argp`` and ``splatfacto-safeguard``.
+"""splatfacto models that prune: the shared base, ``splatfacto-argp`` and ``splatfacto-safeguard``; and
+``splatfacto-mcmc``, the capped MCMC baseline they are measured against.
 
 The model owns the cameras and images: it renders (gsplat on CUDA, the PyTorch twin on the CPU), runs
 the score pass over the training views when its strategy asks for it, hands the scores to the
@@ -25,8 +26,8 @@ from argp_ns.panel import LivePanel, panel_text
 from argp_ns.report import PruningReport
 from argp_ns.scores import ScoreSpec
 from argp_ns.scoring import View, score_views
-from argp_ns.strategy import (IRP_PRESETS, ArgpStrategy, FinalRound, IrpMode, IrpPreset, PruneMethod, SafeguardStrategy,
-                              is_refine_step)
+from argp_ns.strategy import (IRP_PRESETS, ArgpStrategy, FinalRound, IrpMode, IrpPreset, McmcStrategy, PruneMethod,
+                              SafeguardStrategy, is_refine_step)
 from argp_ns.train_step import psnr_from_mse, scale_regularisation, training_loss
 
 
@@ -64,7 +65,7 @@ class PruningModel(SplatfactoModel):
     """splatfacto that renders on CPU or GPU and prunes with a score-aware strategy."""
 
     config: PruningModelConfig
-    strategy: Union[ArgpStrategy, SafeguardStrategy]
+    strategy: Union[ArgpStrategy, SafeguardStrategy, McmcStrategy]
 
     def populate_modules(self) -> None:
         # splatfacto moves seed colours with a hard-coded .cuda(); build without them, then set them here
@@ -490,3 +491,74 @@ class SplatfactoSafeguardModel(PruningModel):
 
     def score_pass_options(self) -> Dict[str, Any]:
         return {"k": self.config.top_k, "tile_scope": self.config.topk_scope == "tile", "recovery": False}
+
+
+@dataclass
+class SplatfactoMcmcModelConfig(PruningModelConfig):
+    """splatfacto-mcmc: splatfacto trained with 3D Gaussian Splatting as Markov Chain Monte Carlo under a hard cap
+    (``McmcStrategy``), the baseline users pick for a fixed count. Values from gsplat 1.4.0's
+    ``examples/simple_trainer.py`` MCMC preset (init opacity 0.5, init scale x0.1, opacity and scale regularisation
+    0.01, noise_lr 5e5, relocation below opacity 0.005, refine every 100 steps from 500 to 25,000) and nerfstudio's
+    later splatfacto MCMC option (the same regularisers and noise, the position learning rate of the means)."""
+
+    _target: Type = field(default_factory=lambda: SplatfactoMcmcModel)
+    stop_split_at: int = 25000
+    """Relocation and growth stop here (gsplat's MCMC default 25,000 of 30,000); they start at warmup_length."""
+    budget: int = 0
+    """The hard cap of Gaussians (0: gsplat's 1,000,000); the count grows 5 % a refine step up to it."""
+    noise_lr: float = 5e5
+    """Position noise: scaled by the means' learning rate times this (0: no noise)."""
+    mcmc_opacity_reg: float = 0.01
+    """Loss weight of the mean activated opacity."""
+    mcmc_scale_reg: float = 0.01
+    """Loss weight of the mean activated scale."""
+    mcmc_min_opacity: float = 0.005
+    """Gaussians at or below this opacity are relocated at refine steps."""
+    init_opacity: float = 0.5
+    """Opacity of the initial Gaussians (splatfacto: 0.1)."""
+    init_scale: float = 0.1
+    """Factor on splatfacto's initial scales (the mean distance to the three nearest seed points)."""
+    init_fraction: float = 0.5
+    """The seed points are subsampled (uniformly, seeded) to at most this fraction of the cap, so that the cap holds."""
+
+
+class SplatfactoMcmcModel(PruningModel):
+    config: SplatfactoMcmcModelConfig
+
+    def populate_modules(self) -> None:
+        """splatfacto's Gaussians from the seed points, subsampled to ``init_fraction`` of the cap, with MCMC's
+        initial opacity and scales."""
+        super().populate_modules()
+        c = self.config
+        n = self.gauss_params["means"].shape[0]
+        keep = max(1, min(n, int(c.init_fraction * self.strategy.cap_max)))
+        rows = torch.sort(torch.randperm(n, generator=torch.Generator().manual_seed(0))[:keep]).values if keep < n else None
+        for name, p in list(self.gauss_params.items()):
+            data = p.data if rows is None else p.data[rows.to(p.device)]
+            if name == "opacities":
+                data = torch.full_like(data, float(torch.logit(torch.tensor(c.init_opacity))))
+            elif name == "scales":
+                data = data + float(torch.log(torch.tensor(c.init_scale)))
+            self.gauss_params[name] = torch.nn.Parameter(data)
+
+    def make_strategy(self, base: Dict[str, Any]) -> McmcStrategy:
+        c = self.config
+        return McmcStrategy(cap_max=c.budget or 1_000_000, noise_lr=c.noise_lr, refine_start_iter=base["refine_start_iter"],
+                            refine_stop_iter=base["refine_stop_iter"], refine_every=base["refine_every"],
+                            min_opacity=c.mcmc_min_opacity, verbose=True)
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        """splatfacto's losses plus MCMC's regularisers: ``opacity_reg * mean(sigmoid(o)) + scale_reg * mean(exp(s))``."""
+        loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
+        if self.training:
+            loss_dict["mcmc_opacity_reg"] = self.config.mcmc_opacity_reg * torch.sigmoid(self.opacities).mean()
+            loss_dict["mcmc_scale_reg"] = self.config.mcmc_scale_reg * torch.exp(self.scales).mean()
+        return loss_dict
+
+    def step_post_backward(self, step: int) -> None:
+        """Relocate, add and perturb (``McmcStrategy``), with the means' current learning rate."""
+        lr = self.optimizers["means"].param_groups[0]["lr"]
+        self.strategy.step_post_backward(self.gauss_params, self.optimizers, self.strategy_state, step, lr)
+        if self.strategy.is_refine_step(step):
+            self.report.add_count(step, self.num_points)
+            self.panel.update(panel_text(self.num_points, None, None, ""), force=False)

@@ -1,4 +1,4 @@
-"""Pruning strategies: gsplat ``DefaultStrategy`` subclasses for ARGP and SafeguardGS.
+"""Pruning strategies: gsplat ``DefaultStrategy`` subclasses for ARGP and SafeguardGS, and the MCMC baseline.
 
 Like gsplat's strategies they decide from the parameters, the per-Gaussian state (a plain dict that
 gsplat's ops keep aligned) and the scores they are handed; they never render. The model runs the
@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import torch
-from gsplat.strategy import DefaultStrategy
+from gsplat.strategy import DefaultStrategy, Strategy
 from gsplat.strategy.ops import remove
 from torch import Tensor
+
+from argp_ns import mcmc_ops
 
 IrpMode = Literal["moments", "frozen", "hidden"]
 PruneMethod = Literal["safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat"]
@@ -441,3 +443,77 @@ class SafeguardStrategy(SyncFreeStrategy):
                     print(f"argp_ns: step {step}: {err}; nothing was removed")
                 return []
         return [prune(params, optimizers, state, self.prune_mask(params, scores), step, self.prune_method)]
+
+
+@dataclass
+class McmcStrategy(Strategy):
+    """gsplat 1.4.0's ``MCMCStrategy`` (3D Gaussian Splatting as Markov Chain Monte Carlo) with a hard cap, built on
+    :mod:`argp_ns.mcmc_ops` so that it runs on the CPU too. It never prunes.
+
+    At each refine step (``refine_start_iter < step < refine_stop_iter``, every ``refine_every``): every Gaussian of
+    activated opacity ``<= min_opacity`` is relocated onto live ones drawn in proportion to opacity, then
+    ``min(cap_max, floor(1.05 n)) - n`` Gaussians are added the same way (so the count grows 5 % a refine step up to
+    ``cap_max`` and never passes it). At every step the positions get the noise of :func:`mcmc_ops.inject_noise` with
+    ``scaler = lr_means * noise_lr``. The model adds the opacity and scale regularisers to the loss.
+    """
+
+    cap_max: int = 1_000_000
+    noise_lr: float = 5e5
+    refine_start_iter: int = 500
+    refine_stop_iter: int = 25_000
+    refine_every: int = 100
+    min_opacity: float = 0.005
+    seed: int = 0
+    verbose: bool = False
+    absgrad: bool = False
+
+    def check_config(self, max_steps: int) -> None:
+        """Fail at start with one line on an invalid setting."""
+        if self.cap_max < 1:
+            raise ValueError(f"budget (the MCMC cap) must be a positive integer, got {self.cap_max}")
+        if self.noise_lr < 0:
+            raise ValueError(f"noise_lr must be >= 0, got {self.noise_lr}")
+        if not 0.0 < self.min_opacity < 1.0:
+            raise ValueError(f"min_opacity must be in (0, 1), got {self.min_opacity}")
+        if self.refine_every < 1:
+            raise ValueError(f"refine_every must be >= 1, got {self.refine_every}")
+
+    def initialize_state(self, scene_scale: float = 1.0) -> Dict[str, Any]:
+        """The sampler's generator (seeded: a run's relocations are reproducible) and the event list."""
+        return {"generator": None, "events": []}
+
+    def is_refine_step(self, step: int) -> bool:
+        """True at the relocate-and-add steps."""
+        return self.refine_start_iter < step < self.refine_stop_iter and step % self.refine_every == 0
+
+    def round_due(self, step: int) -> bool:
+        """MCMC has no scored prune round."""
+        return False
+
+    def scores_due(self, step: int) -> bool:
+        return False
+
+    def next_prune(self, step: int) -> Tuple[Optional[int], str]:
+        """MCMC never prunes."""
+        return None, ""
+
+    def blocked(self, state: Dict[str, Any]) -> Optional[Tensor]:
+        return None
+
+    def step_post_backward(self, params, optimizers, state: Dict[str, Any], step: int, lr: float) -> Dict[str, int]:
+        """Relocate and add at refine steps, then the position noise; returns {relocated, added} (0 elsewhere)."""
+        device = params["means"].device
+        if state.get("generator") is None or state["generator"].device != device:
+            state["generator"] = torch.Generator(device=device).manual_seed(self.seed)
+        gen = state["generator"]
+        moved = added = 0
+        if self.is_refine_step(step):
+            dead = torch.sigmoid(params["opacities"].flatten()) <= self.min_opacity
+            moved = mcmc_ops.relocate(params, optimizers, dead, self.min_opacity, gen)
+            n = params["means"].shape[0]
+            added = mcmc_ops.add(params, optimizers, max(0, min(self.cap_max, int(1.05 * n)) - n), self.min_opacity, gen)
+            if self.verbose:
+                print(f"argp_ns: step {step}: mcmc relocated {moved:,}, added {added:,}, now {params['means'].shape[0]:,}")
+        if self.noise_lr > 0:
+            mcmc_ops.inject_noise(params, lr * self.noise_lr, gen)
+        return {"relocated": moved, "added": added}

@@ -59,6 +59,7 @@ RULES: Dict[str, Tuple[str, List[str]]] = {
     **{rule: ("splatfacto-safeguard", [RULE_FLAG, rule])
        for rule in ("safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat")},
     "argp+safeguard": ("splatfacto-argp", [FINAL_FLAG, "safeguard"]),
+    "mcmc": ("splatfacto-mcmc", []),
 }
 
 

@@ -16,8 +16,10 @@ ENV = dict(os.environ, TORCHDYNAMO_DISABLE="1")
 
 def train(method: str, scene: Path, out: Path, extra=(), steps: int = 300, timestamp: str = "t"):
     flags = [f"--{k}={v}" for k, v in CPU_SCHEDULE.items() if k != "max-num-iterations"]
+    if not method.startswith("splatfacto-argp"):
+        flags = [f for f in flags if "irp" not in f]
     if method == "splatfacto-safeguard":
-        flags = [f for f in flags if "irp" not in f] + ["--pipeline.model.prune-step=200"]
+        flags += ["--pipeline.model.prune-step=200"]
     cmd = ["ns-train", method, "--machine.device-type", "cpu", "--vis", "tensorboard", "--output-dir", str(out),
            "--timestamp", timestamp, f"--max-num-iterations={steps}", "--steps-per-eval-all-images=1000000",
            "--steps-per-save=100", "--pipeline.model.background-color=white", *flags, *extra,
