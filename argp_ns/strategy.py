@@ -21,11 +21,11 @@ from argp_ns import mcmc_ops
 
 IrpMode = Literal["moments", "frozen", "hidden"]
 PruneMethod = Literal["safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat"]
-IrpPreset = Literal["released", "earlier"]
+IrpPreset = Literal["balanced", "released", "earlier"]
 FinalRound = Literal["irp", "safeguard"]
-IRP_PRESETS: Dict[str, Tuple[float, float]] = {"released": (0.7, 0.4), "earlier": (0.5, 0.35)}
-"""(mark_ratio, recover_ratio) of the official code's last commit (about 14.9 % of the count at the first round is
-left) and of its earlier commits (about 20.4 %)."""
+IRP_PRESETS: Dict[str, Tuple[float, float]] = {"balanced": (0.7, 0.5), "released": (0.7, 0.4), "earlier": (0.5, 0.35)}
+"""(mark_ratio, recover_ratio) over six rounds: balanced, this plugin's default (about 23 % of the count at the first
+round is left), the official code's last commit (about 14.9 %) and its earlier commits (about 20.4 %)."""
 
 
 class PruneError(ValueError):
