@@ -70,18 +70,20 @@ def check_top_k(top_k: int, score_backend: str, device_type: str) -> None:
 def check_model(model_config, max_steps: int, device_type: Optional[str] = None) -> None:
     """Our model flags (score, top-k for the score pass on ``device_type`` (default: cuda where there is a GPU),
     ratios, schedule against the run's ``max_steps``); other models pass."""
-    from argp_ns.model import PruningModelConfig
+    from argp_ns.model import LeanModelConfig
 
-    if not isinstance(model_config, PruningModelConfig):
+    if not isinstance(model_config, LeanModelConfig):
         return
     if hasattr(model_config, "score"):
         check_score(model_config.score)
     if hasattr(model_config, "top_k"):
         device = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
         check_top_k(model_config.top_k, model_config.score_backend, device)
-    if not model_config.scored_prune and getattr(model_config, "budget", 0):
+    if not getattr(model_config, "scored_prune", True) and getattr(model_config, "budget", 0):
         raise ConfigError("budget needs the scored prune: drop --pipeline.model.scored-prune False or the budget")
     try:
+        if hasattr(model_config, "check"):
+            model_config.check()
         model_strategy(model_config).check_config(max_steps)
     except ValueError as err:
         raise ConfigError(str(err)) from None

@@ -48,7 +48,15 @@ def eval_pairs(datamanager) -> List[Any]:
 
 
 @dataclass
-class PruningModelConfig(SplatfactoModelConfig):
+class LeanModelConfig(SplatfactoModelConfig):
+    """splatfacto with this plugin's renderer (CPU twin), lean training step, report and live panel; the base of
+    every model here."""
+
+    _target: Type = field(default_factory=lambda: PruningModel)
+
+
+@dataclass
+class PruningModelConfig(LeanModelConfig):
     """splatfacto plus a score pass; subclassed by the two methods."""
 
     _target: Type = field(default_factory=lambda: PruningModel)
@@ -64,7 +72,7 @@ class PruningModelConfig(SplatfactoModelConfig):
 class PruningModel(SplatfactoModel):
     """splatfacto that renders on CPU or GPU and prunes with a score-aware strategy."""
 
-    config: PruningModelConfig
+    config: Union[PruningModelConfig, "SplatfactoMcmcModelConfig"]
     strategy: Union[ArgpStrategy, SafeguardStrategy, McmcStrategy]
 
     def populate_modules(self) -> None:
@@ -496,7 +504,7 @@ class SplatfactoSafeguardModel(PruningModel):
 
 
 @dataclass
-class SplatfactoMcmcModelConfig(PruningModelConfig):
+class SplatfactoMcmcModelConfig(LeanModelConfig):
     """splatfacto-mcmc: splatfacto trained with 3D Gaussian Splatting as Markov Chain Monte Carlo under a hard cap
     (``McmcStrategy``), the baseline users pick for a fixed count. Values from gsplat 1.4.0's
     ``examples/simple_trainer.py`` MCMC preset (init opacity 0.5, init scale x0.1, opacity and scale regularisation
@@ -522,6 +530,15 @@ class SplatfactoMcmcModelConfig(PruningModelConfig):
     """Factor on splatfacto's initial scales (the mean distance to the three nearest seed points)."""
     init_fraction: float = 0.5
     """The seed points are subsampled (uniformly, seeded) to at most this fraction of the cap, so that the cap holds."""
+
+    def check(self) -> None:
+        """Fail at start with one line on an invalid initialisation (the strategy checks its own options)."""
+        for name in ("init_opacity", "init_fraction"):
+            v = getattr(self, name)
+            if not 0.0 < v < 1.0 and not (name == "init_fraction" and v == 1.0):
+                raise ValueError(f"{name} must be in (0, 1{']' if name == 'init_fraction' else ')'}, got {v}")
+        if self.init_scale <= 0:
+            raise ValueError(f"init_scale must be > 0, got {self.init_scale}")
 
 
 class SplatfactoMcmcModel(PruningModel):

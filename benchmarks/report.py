@@ -176,12 +176,14 @@ def budget_of(run: Run) -> Optional[int]:
 
 def rule_of(run: Run, flags: Optional[Flags] = None) -> str:
     """The pruning rule of a budget run: ``argp`` for splatfacto-argp(-big) (``argp+safeguard`` with a safeguard final
-    round), else its prune-method (default safeguard); a ``-big`` method and any other flags (``flags``: the run's own
+    round), ``mcmc`` for splatfacto-mcmc, else its prune-method (default safeguard); a ``-big`` method and any other flags (``flags``: the run's own
     unless given) are appended, so runs that train differently never share a row."""
     flags = flag_values(run) if flags is None else flags
     if run["method"].startswith("splatfacto-argp"):
         final = flags.get(FINAL_FLAG, "irp")
         rule, own = "argp" + ("" if final == "irp" else "+" + final), (BUDGET_FLAG, FINAL_FLAG)
+    elif run["method"] == "splatfacto-mcmc":
+        rule, own = "mcmc", (BUDGET_FLAG,)
     else:
         rule, own = flags.get(RULE_FLAG, "safeguard"), (BUDGET_FLAG, RULE_FLAG)
     rest = flags_text({k: v for k, v in flags.items() if k not in own})
@@ -359,29 +361,33 @@ def table(results: Dict[str, Any]) -> str:
                       f"Command: `{results['command']}`"])
 
 
-def _axes():
+def _axes(width: float = 6.5):
     """A fresh figure and axes for the PSNR-vs-count plots (matplotlib without a display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(6.5, 4.2))
+    return plt.subplots(figsize=(width, 4.2))
 
 
-def _stock_band(ax, results: Dict[str, Any]) -> bool:
-    """Stock splatfacto's mean ± std PSNR as a horizontal band with its mean dashed; False without stock runs."""
-    stock = [r["psnr"] for r in results["runs"] if is_stock(r)]
-    if not stock:
+def _stock_band(ax, results: Dict[str, Any], point: bool = False) -> bool:
+    """Stock splatfacto's mean ± std PSNR as a horizontal band with its mean dashed (``point``: also a star at its
+    mean ± std count); False without stock runs."""
+    runs = [r for r in results["runs"] if is_stock(r)]
+    if not runs:
         return False
-    mean, std = mean_std(stock)
+    mean, std = mean_std([r["psnr"] for r in runs])
     ax.axhspan(mean - (std or 0.0), mean + (std or 0.0), color="0.85", zorder=0,
-               label=f"stock splatfacto {mean:.2f} ± {std or 0.0:.2f} dB (n={len(stock)})")
+               label=f"stock splatfacto {mean:.2f} ± {std or 0.0:.2f} dB (n={len(runs)})")
     ax.axhline(mean, color="0.5", lw=0.8, ls="--", zorder=1)
+    if point:
+        x, dx = mean_std([r["gaussians_final"] for r in runs])
+        ax.errorbar(x, mean, xerr=dx or 0.0, yerr=std or 0.0, fmt="*", ms=12, color="black", capsize=3, zorder=3)
     return True
 
 
-def _save(fig, ax, results: Dict[str, Any], path: Path, legend: bool, what: str = "") -> None:
+def _save(fig, ax, results: Dict[str, Any], path: Path, legend: bool, what: str = "", outside: bool = False) -> None:
     """Log count axis, labels, title and legend; write ``path``."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
@@ -395,7 +401,9 @@ def _save(fig, ax, results: Dict[str, Any], path: Path, legend: bool, what: str 
     ax.set_ylabel("PSNR (dB, mean ± std)")
     ax.set_title(f"{results['scene']}{what} ({results['protocol']}, x{results['scale']}, {results['gpu']})", fontsize=9)
     ax.grid(alpha=0.3)
-    if legend:
+    if legend and outside:  # many curves: the legend beside the axes, not over the points
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    elif legend:
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -421,13 +429,16 @@ def plot(results: Dict[str, Any], path: Path) -> None:
 
 
 def plot_same_count(results: Dict[str, Any], path: Path) -> bool:
-    """The same-count plot: per rule (and training), mean ± std PSNR against mean ± std final count at each budget,
-    joined by a line, over stock splatfacto's band. False (nothing written) without budget runs."""
+    """The same-count (Pareto) plot: per rule (and training), mean ± std PSNR against mean ± std final count at each
+    budget, joined by a line, over stock splatfacto's band and its point. False (nothing written) without budget runs."""
+    import matplotlib
+
     grouped = same_count_rows(results)
     if not grouped:
         return False
-    fig, ax = _axes()
-    _stock_band(ax, results)
+    fig, ax = _axes(11.0)
+    ax.set_prop_cycle(color=matplotlib.colormaps["tab20"].colors)  # up to 20 curves in distinct colours
+    _stock_band(ax, results, point=True)
     trainings = len({k[2] for k in grouped})
     lines: Dict[str, List[Tuple[float, float, float, float]]] = {}
     for (_, rule, training), runs in grouped.items():
@@ -436,7 +447,7 @@ def plot_same_count(results: Dict[str, Any], path: Path) -> bool:
     for label, pts in lines.items():
         xs, dxs, ys, dys = zip(*sorted(pts))
         ax.errorbar(xs, ys, xerr=dxs, yerr=dys, fmt="o-", ms=5, capsize=3, lw=1, label=label, zorder=3)
-    _save(fig, ax, results, path, True, ", same count")
+    _save(fig, ax, results, path, True, ", same count", outside=True)
     return True
 
 

@@ -129,16 +129,17 @@ def variants_markdown(table: List[Row]) -> str:
 
 
 def tables() -> Dict[str, List[Row]]:
-    """Every table, by marker name: the two methods' model flags and ``argp-ns prune``."""
+    """Every table, by marker name: the methods' model flags (the two methods and the MCMC baseline) and ``argp-ns prune``."""
     from nerfstudio.models.splatfacto import SplatfactoModelConfig
 
-    from argp_ns.model import SplatfactoArgpModelConfig, SplatfactoSafeguardModelConfig
+    from argp_ns.model import SplatfactoArgpModelConfig, SplatfactoMcmcModelConfig, SplatfactoSafeguardModelConfig
     from argp_ns.posthoc import Prune
 
     prefix = "pipeline.model."
     return {
         "splatfacto-argp": rows(SplatfactoArgpModelConfig, prefix, SplatfactoModelConfig),
         "splatfacto-safeguard": rows(SplatfactoSafeguardModelConfig, prefix, SplatfactoModelConfig),
+        "splatfacto-mcmc": rows(SplatfactoMcmcModelConfig, prefix, SplatfactoModelConfig),
         "argp-ns-prune": rows(Prune, ""),
     }
 

@@ -120,6 +120,36 @@ def test_strategy_config_errors():
             McmcStrategy(**kwargs).check_config(1000)
 
 
+@pytest.mark.parametrize("flag, value, line", [
+    ("budget", -5, "budget (the MCMC cap) must be a positive integer, got -5"),
+    ("init_fraction", 1.5, "init_fraction must be in (0, 1], got 1.5"),
+    ("init_opacity", 0.0, "init_opacity must be in (0, 1), got 0.0"),
+])
+def test_bad_mcmc_flags_are_one_line_config_errors(flag, value, line):
+    from argp_ns.checks import ConfigError, check_model
+    from argp_ns.method_config import splatfacto_mcmc
+
+    model = splatfacto_mcmc.config.pipeline.model
+    old = getattr(model, flag)
+    setattr(model, flag, value)
+    try:
+        with pytest.raises(ConfigError) as err:
+            check_model(model, 30000, "cpu")
+        assert str(err.value) == line
+    finally:
+        setattr(model, flag, old)
+
+
+def test_mcmc_initialisation_subsamples_to_the_cap_fraction():
+    from argp_ns.model import SplatfactoMcmcModelConfig
+
+    seed = (torch.randn(400, 3), torch.randint(0, 255, (400, 3), dtype=torch.uint8))
+    model = SplatfactoMcmcModelConfig(budget=300, init_fraction=0.5).setup(scene_box=None, num_train_data=4, seed_points=seed)
+    assert model.num_points == 150
+    assert torch.allclose(torch.sigmoid(model.opacities), torch.full((150, 1), 0.5))
+    assert model.strategy.cap_max == 300
+
+
 @pytest.mark.gpu
 def test_relocation_matches_gsplats_kernel():
     from gsplat.relocation import compute_relocation
