@@ -15,12 +15,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import tyro
 
-# a short schedule that still runs every phase (densify, AOP, every IRP round) on a tiny CPU scene
+# a short schedule that still runs every phase (densify, AOP, every IRP round, the SafeguardGS prune) on a tiny CPU
+# scene; each method is given the flags it has (demo_flags)
 CPU_SCHEDULE = {
     "max-num-iterations": 300,
     "pipeline.model.warmup-length": 50,
@@ -32,29 +33,52 @@ CPU_SCHEDULE = {
     "pipeline.model.irp-last": 250,
     "pipeline.model.resolution-schedule": 100,
     "pipeline.model.sh-degree-interval": 50,
+    "pipeline.model.prune-step": 200,
 }
+
+
+def demo_flags(method: str, schedule: Optional[Dict[str, Any]] = None) -> List[str]:
+    """The flags of ``schedule`` (default: the CPU schedule) that ``method``'s model has (each method takes only its
+    own), as ns-train flags; one-line SystemExit for a method that is not one of this plugin's."""
+    import dataclasses
+
+    from nerfstudio.configs.method_configs import all_methods
+
+    from argp_ns.model import LeanModelConfig
+
+    def model_of(name: str):  # None for nerfstudio's placeholders of uninstalled external methods too
+        return getattr(getattr(all_methods.get(name), "pipeline", None), "model", None)
+
+    if not isinstance(model_of(method), LeanModelConfig):
+        ours = sorted(m for m in all_methods if isinstance(model_of(m), LeanModelConfig))
+        raise SystemExit(f"argp-ns demo: --method must be one of {', '.join(ours)}, got {method!r}")
+    fields = {f.name for f in dataclasses.fields(model_of(method))}
+    model = "pipeline.model."
+    return [f"--{k}={v}" for k, v in (CPU_SCHEDULE if schedule is None else schedule).items()
+            if not k.startswith(model) or k[len(model):].replace("-", "_") in fields]
 
 
 @dataclass
 class Demo:
-    """Train splatfacto-argp on the embedded demo scene, evaluate, export a PLY, print a summary."""
+    """Train splatfacto-argp (or another of the plugin's methods) on the embedded demo scene, evaluate, export a PLY,
+    print a summary."""
 
     output_dir: Path = Path("outputs/argp-demo")
     """Where the scene, the run, the metrics and the PLY go."""
     device: Optional[str] = None
     """cpu or cuda; default: cuda when a GPU is present."""
     method: str = "splatfacto-argp"
-    """Method to train."""
+    """Method to train: any of this plugin's (splatfacto-argp, splatfacto-safeguard, their -big variants, splatfacto-mcmc)."""
 
     def main(self) -> None:
         from argp_ns.demo_scene import make_demo_scene
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        flags: List[str] = demo_flags(self.method) if device == "cpu" else []
         scene = self.output_dir / "scene"
         if not (scene / "transforms_train.json").exists():
             make_demo_scene(scene)
         env = dict(os.environ, TORCHDYNAMO_DISABLE=os.environ.get("TORCHDYNAMO_DISABLE", "1" if device == "cpu" else "0"))
-        flags: List[str] = [f"--{k}={v}" for k, v in CPU_SCHEDULE.items()] if device == "cpu" else []
         t0 = time.time()
         run(["ns-train", self.method, "--machine.device-type", device, "--vis", "tensorboard",
              "--output-dir", str(self.output_dir / "runs"), "--experiment-name", "demo", "--timestamp", "latest",

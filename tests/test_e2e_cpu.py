@@ -9,17 +9,13 @@ import pytest
 import torch
 from plyfile import PlyData
 
-from argp_ns.cli import CPU_SCHEDULE
+from argp_ns.cli import demo_flags
 
 ENV = dict(os.environ, TORCHDYNAMO_DISABLE="1")
 
 
 def train(method: str, scene: Path, out: Path, extra=(), steps: int = 300, timestamp: str = "t"):
-    flags = [f"--{k}={v}" for k, v in CPU_SCHEDULE.items() if k != "max-num-iterations"]
-    if not method.startswith("splatfacto-argp"):
-        flags = [f for f in flags if "irp" not in f]
-    if method == "splatfacto-safeguard":
-        flags += ["--pipeline.model.prune-step=200"]
+    flags = [f for f in demo_flags(method) if not f.startswith("--max-num-iterations")]
     cmd = ["ns-train", method, "--machine.device-type", "cpu", "--vis", "tensorboard", "--output-dir", str(out),
            "--timestamp", timestamp, f"--max-num-iterations={steps}", "--steps-per-eval-all-images=1000000",
            "--steps-per-save=100", "--pipeline.model.background-color=white", *flags, *extra,
@@ -219,3 +215,33 @@ def test_resume_binds_the_checkpoint_state_to_the_live_parameters(argp_run, tmp_
     cand = model.strategy_state["irp_candidates"]
     assert cand.shape[0] == model.num_points and cand.any()
     assert model.strategy.next_prune(201) == (250, "irp")
+
+
+OUR_METHODS = ("splatfacto-argp", "splatfacto-safeguard", "splatfacto-argp-big", "splatfacto-safeguard-big", "splatfacto-mcmc")
+
+
+@pytest.mark.parametrize("method", OUR_METHODS)
+def test_demo_gives_each_method_only_flags_it_takes(method):
+    import tyro
+    from nerfstudio.configs.method_configs import all_methods
+
+    flags = demo_flags(method)
+    base = all_methods[method]
+    cfg = tyro.cli(type(base), default=base, args=flags, config=(tyro.conf.FlagConversionOff,))
+    assert cfg.max_num_iterations == 300 and cfg.pipeline.model.refine_every == 25
+    assert any("prune-step" in f for f in flags) == hasattr(cfg.pipeline.model, "prune_step")
+    assert any("irp-" in f for f in flags) == hasattr(cfg.pipeline.model, "irp_start")
+
+
+def test_demo_refuses_a_method_that_is_not_ours_in_one_line():
+    with pytest.raises(SystemExit) as err:
+        demo_flags("splatfacto")
+    assert str(err.value).startswith("argp-ns demo: --method must be one of splatfacto-argp, splatfacto-argp-big")
+
+
+@pytest.mark.slow
+def test_demo_runs_splatfacto_safeguard(tmp_path):
+    proc = subprocess.run(["argp-ns", "demo", "--method", "splatfacto-safeguard", "--device", "cpu", "--output-dir",
+                           str(tmp_path)], env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "argp-ns demo (splatfacto-safeguard, cpu)" in proc.stdout and "safeguard removed" in proc.stdout

@@ -21,21 +21,19 @@ import torch
 import tyro
 import yaml
 
-from argp_ns.cli import CPU_SCHEDULE
+from argp_ns.cli import CPU_SCHEDULE, demo_flags
 
 ENV = dict(os.environ, TORCHDYNAMO_DISABLE="1")
 # the demo's CPU schedule cut to 20 steps: densification to 10, IRP rounds at 12 and 16, checkpoints at 10 and 19
 TINY = {**CPU_SCHEDULE, "max-num-iterations": 20, "pipeline.model.warmup-length": 5, "pipeline.model.refine-every": 5,
         "pipeline.model.stop-split-at": 10, "pipeline.model.irp-start": 12, "pipeline.model.irp-every": 4,
-        "pipeline.model.irp-last": 16}
+        "pipeline.model.irp-last": 16, "pipeline.model.prune-step": 15}
 MODELS = "nerfstudio_models"
 
 
 def train_args(method: str, scene: Path, out: Path, extra=(), device: Optional[str] = "cpu") -> List[str]:
     """ns-train's arguments for a tiny run of ``method`` on ``scene`` into ``out`` (no device flag: ``device=None``)."""
-    flags = [f"--{k}={v}" for k, v in TINY.items()]
-    if method == "splatfacto-safeguard":
-        flags = [f for f in flags if "irp" not in f] + ["--pipeline.model.prune-step=15"]
+    flags = demo_flags(method, TINY)
     dev = ["--machine.device-type", device] if device else []
     return [method, *dev, "--vis", "tensorboard", "--output-dir", str(out), "--experiment-name", "demo", "--timestamp", "t",
             "--steps-per-eval-all-images=1000000", "--steps-per-save=10", "--save-only-latest-checkpoint=False",
