@@ -295,8 +295,11 @@ def test_budgets_are_fractions_of_the_stock_mean_or_counts():
                     ("splatfacto-safeguard", "radsplat-b100", ["--pipeline.model.prune-method", "radsplat", "--pipeline.model.budget", "100"]),
                     ("splatfacto-argp", "argp-b250", ["--pipeline.model.budget", "250"]),
                     ("splatfacto-safeguard", "radsplat-b250", ["--pipeline.model.prune-method", "radsplat", "--pipeline.model.budget", "250"])]
-    assert set(run.RULES) == {"argp", "safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat", "argp+safeguard"}
+    assert set(run.RULES) == {"argp", "safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat", "argp+safeguard",
+                              "mcmc"}
     assert report.rule_of(_budget("argp+safeguard", 100, 30.0, 100)) == "argp+safeguard"
+    assert run.budget_jobs([100], ["mcmc"]) == [("splatfacto-mcmc", "mcmc-b100", ["--pipeline.model.budget", "100"])]
+    assert report.rule_of(_budget("mcmc", 100, 27.0, 100)) == "mcmc"
     with pytest.raises(SystemExit, match="unknown rule 'topk'"):
         run.budget_jobs([100], ["topk"])
 
