@@ -60,7 +60,8 @@ def test_flags_exposed(method, field, value):
 
 
 @pytest.mark.parametrize("args,ratios", [
-    ([], (0.7, 0.4)), (["--pipeline.model.irp-preset", "earlier"], (0.5, 0.35)),
+    ([], (0.7, 0.5)), (["--pipeline.model.irp-preset", "released"], (0.7, 0.4)),
+    (["--pipeline.model.irp-preset", "earlier"], (0.5, 0.35)),
     (["--pipeline.model.irp-preset", "earlier", "--pipeline.model.mark-ratio", "0.6"], (0.6, 0.35)),
 ])
 def test_irp_presets_and_overrides(args, ratios):
