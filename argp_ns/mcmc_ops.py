@@ -78,12 +78,23 @@ def _sample(weights: Tensor, n: int, generator: Optional[torch.Generator]) -> Te
     return torch.multinomial(weights, n, replacement=True, generator=generator)
 
 
-def _split(params, sampled: Tensor, min_opacity: float) -> tuple:
-    """(logit o', log s') of the sampled rows, each split into (its draws + 1) copies."""
+def _split(params, sampled: Tensor, min_opacity: float) -> Callable[[str, Tensor], Tensor]:
+    """A copy-maker for :func:`update_rows`: parameter ``name``'s tensor with the sampled rows' opacity and scales
+    replaced by their relocated values, each row split into (its draws + 1) copies (other parameters unchanged)."""
     opacities = torch.sigmoid(params["opacities"].flatten())
     ratios = torch.bincount(sampled, minlength=opacities.numel())[sampled] + 1
     new_o, new_s = relocation(opacities[sampled], torch.exp(params["scales"])[sampled], ratios)
-    return torch.logit(new_o.clamp(min=min_opacity, max=1.0 - EPS)), torch.log(new_s)
+    logit_o, log_s = torch.logit(new_o.clamp(min=min_opacity, max=1.0 - EPS)), torch.log(new_s)
+
+    def split(name: str, p: Tensor) -> Tensor:
+        p = p.clone()
+        if name == "opacities":
+            p[sampled] = logit_o.view(-1, *p.shape[1:])
+        elif name == "scales":
+            p[sampled] = log_s
+        return p
+
+    return split
 
 
 @torch.no_grad()
@@ -96,15 +107,11 @@ def relocate(params, optimizers, dead: Tensor, min_opacity: float, generator: Op
         return 0
     weights = torch.sigmoid(params["opacities"].flatten())[alive_idx]
     sampled = alive_idx[_sample(weights, dead_idx.numel(), generator)]
-    logit_o, log_s = _split(params, sampled, min_opacity)
+    split = _split(params, sampled, min_opacity)
     touched = torch.cat([sampled, dead_idx])
 
     def param_fn(name: str, p: Tensor) -> Tensor:
-        p = p.clone()
-        if name == "opacities":
-            p[sampled] = logit_o.view(-1, *p.shape[1:])
-        elif name == "scales":
-            p[sampled] = log_s
+        p = split(name, p)
         p[dead_idx] = p[sampled]
         return p
 
@@ -124,14 +131,10 @@ def add(params, optimizers, n: int, min_opacity: float, generator: Optional[torc
     if n <= 0:
         return 0
     sampled = _sample(torch.sigmoid(params["opacities"].flatten()), n, generator)
-    logit_o, log_s = _split(params, sampled, min_opacity)
+    split = _split(params, sampled, min_opacity)
 
     def param_fn(name: str, p: Tensor) -> Tensor:
-        p = p.clone()
-        if name == "opacities":
-            p[sampled] = logit_o.view(-1, *p.shape[1:])
-        elif name == "scales":
-            p[sampled] = log_s
+        p = split(name, p)
         return torch.cat([p, p[sampled]])
 
     update_rows(params, optimizers, param_fn, lambda v: torch.cat([v, v.new_zeros((n, *v.shape[1:]))]))
