@@ -5,7 +5,9 @@ folder, before it builds the Trainer. :meth:`ArgpTrainerConfig.save_config` firs
 path, the checkpoint a resume loads (the newest intact one, an unreadable newer one skipped with one line) and
 our model flags against the run's length (:mod:`argp_ns.checks`). A failure in :meth:`ArgpTrainer.setup` (a
 data file missing, a flag refused by the model) removes the run folder this process made, while it holds no
-checkpoint. Loading one of our runs from its config.yml (``ns-eval``, ``ns-export``, ``ns-viewer``,
+checkpoint. A Ctrl-C during training stops after the step under way, saves a checkpoint (the model with its
+pruning state, the optimizers, the schedulers) and says in one line how to resume; a second Ctrl-C quits at once.
+Loading one of our runs from its config.yml (``ns-eval``, ``ns-export``, ``ns-viewer``,
 ``argp-ns prune``) makes nerfstudio's ``eval_setup`` check the run's checkpoint before ``torch.load``.
 """
 
@@ -14,12 +16,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Literal, Type
 
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -103,6 +108,42 @@ class ArgpTrainer(Trainer):
             self.remove_new_run_dir()
             raise
 
+    def train(self) -> None:
+        """nerfstudio's training loop. The first Ctrl-C asks to stop: the step under way ends, a checkpoint of the last
+        finished step is saved and one line says how to resume (a non-zero exit); a second Ctrl-C quits at once."""
+        if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+            return super().train()
+        self._stop_asked = False
+        self.callbacks.append(TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self._stop_if_asked))
+
+        def ask_to_stop(signum, frame) -> None:
+            self._stop_asked = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C: KeyboardInterrupt at once
+            CONSOLE.print("argp_ns: Ctrl-C: stopping after this step to save a checkpoint (Ctrl-C again to quit at once)",
+                          markup=False)
+
+        previous = signal.signal(signal.SIGINT, ask_to_stop)
+        try:
+            super().train()
+        except _StopAsked as stop:
+            raise SystemExit(self._save_on_stop(stop.step)) from None
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _stop_if_asked(self, step: int) -> None:
+        """Before a step: after a Ctrl-C, stop here (the step before it is the last one done)."""
+        if self._stop_asked:
+            raise _StopAsked(step - 1)
+
+    def _save_on_stop(self, step: int) -> str:
+        """Save the checkpoint of ``step`` (the last finished one) and return the one line that ends the run."""
+        if step < self._start_step:
+            return "argp_ns: interrupted before the first step; nothing to save"
+        self.save_checkpoint(step)
+        left = self._start_step + self.config.max_num_iterations - (step + 1)  # a resume trains max_num_iterations more
+        return (f"argp_ns: interrupted after step {step}; checkpoint saved in {self.checkpoint_dir}; resume with the same "
+                f"ns-train command plus --load-dir {self.checkpoint_dir} --max-num-iterations {left}")
+
     def remove_new_run_dir(self) -> None:
         """Remove the run folder (and the parents made with it) if this process made it and it holds no checkpoint."""
         base = self.base_dir.absolute()
@@ -111,6 +152,14 @@ class ArgpTrainer(Trainer):
             return
         shutil.rmtree(outermost, ignore_errors=True)
         del _NEW_RUN_DIRS[base]
+
+
+class _StopAsked(Exception):
+    """Raised between two steps after a Ctrl-C; ``step`` is the last finished step."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.step = step
 
 
 def as_argp_config(config: TrainerConfig) -> ArgpTrainerConfig:

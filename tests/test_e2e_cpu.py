@@ -245,3 +245,54 @@ def test_demo_runs_splatfacto_safeguard(tmp_path):
                            str(tmp_path)], env=ENV, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "argp-ns demo (splatfacto-safeguard, cpu)" in proc.stdout and "safeguard removed" in proc.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_the_printed_resume_finishes_the_run(small_scene_for_interrupt, tmp_path):
+    """Ctrl-C in ns-train: one line (no traceback), a checkpoint of the last finished step with the pruning state, and
+    the resume the line prints ends the run at the step it was going to end at."""
+    import re
+    import signal
+    import time
+
+    scene = small_scene_for_interrupt
+    flags = [f for f in demo_flags("splatfacto-argp") if not f.startswith("--max-num-iterations")]
+    cmd = ["ns-train", "splatfacto-argp", "--machine.device-type", "cpu", "--vis", "tensorboard", "--output-dir",
+           str(tmp_path), "--timestamp", "t", "--max-num-iterations=300", "--steps-per-eval-all-images=1000000",
+           "--steps-per-save=160", "--pipeline.model.background-color=white", "--pipeline.model.report-psnr=off", *flags,
+           "blender-data", "--data", str(scene), "--ply-path", "points3d.ply"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    models = None
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # the checkpoint at step 160: IRP's candidates are marked
+        found = list(tmp_path.glob("*/splatfacto-argp/t/nerfstudio_models/step-000000160.ckpt"))
+        if found:
+            models = found[0].parent
+            break
+        time.sleep(0.5)
+    assert models is not None, "no checkpoint at step 160"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    match = re.fullmatch(r"argp_ns: interrupted after step (\d+); checkpoint saved in (\S+); resume with the same "
+                         r"ns-train command plus --load-dir (\S+) --max-num-iterations (\d+)", line)
+    assert match, line
+    step, left = int(match.group(1)), int(match.group(4))
+    assert 160 <= step < 299 and step + 1 + left == 300
+    ckpt = torch.load(models / f"step-{step:09d}.ckpt", map_location="cpu")
+    assert ckpt["pipeline"]["_model._extra_state"]["irp_candidates"] is not None  # the pruning state came along
+    resumed = subprocess.run([*cmd[:cmd.index("--timestamp")], "--timestamp", "r", f"--max-num-iterations={left}",
+                              *cmd[cmd.index("--steps-per-eval-all-images=1000000"):cmd.index("blender-data")],
+                              "--load-dir", match.group(3), *cmd[cmd.index("blender-data"):]],
+                             env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = sorted(tmp_path.glob("*/splatfacto-argp/r/nerfstudio_models/*.ckpt"))[-1]
+    assert final.name == "step-000000299.ckpt"
+
+
+@pytest.fixture
+def small_scene_for_interrupt(tmp_path_factory):
+    from argp_ns.demo_scene import make_demo_scene
+
+    return make_demo_scene(tmp_path_factory.mktemp("intr"), size=32, n_train=8, n_test=2, n_points=400)
