@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,10 +80,13 @@ class Demo:
         if not (scene / "transforms_train.json").exists():
             make_demo_scene(scene)
         env = dict(os.environ, TORCHDYNAMO_DISABLE=os.environ.get("TORCHDYNAMO_DISABLE", "1" if device == "cpu" else "0"))
+        resume = self.resume_flags(CPU_SCHEDULE["max-num-iterations"] if device == "cpu" else None)
+        if resume:
+            flags = [f for f in flags if not f.startswith("--max-num-iterations")]
         t0 = time.time()
         run(["ns-train", self.method, "--machine.device-type", device, "--vis", "tensorboard",
              "--output-dir", str(self.output_dir / "runs"), "--experiment-name", "demo", "--timestamp", "latest",
-             "--steps-per-eval-all-images", "1000000", "--pipeline.model.background-color", "white", *flags,
+             "--steps-per-eval-all-images", "1000000", "--pipeline.model.background-color", "white", *flags, *resume,
              "blender-data", "--data", str(scene), "--ply-path", "points3d.ply"], env)
         train_s = time.time() - t0
         config = self.output_dir / "runs" / "demo" / self.method / "latest" / "config.yml"
@@ -99,11 +103,44 @@ class Demo:
         print(f"  PSNR {results['psnr']:.2f}  SSIM {results['ssim']:.3f}" + (f"  LPIPS {results['lpips']:.3f}" if "lpips" in results else "  (LPIPS absent: no pretrained weights)"))
         print(f"  run: {config.parent}\n  metrics: {metrics}\n  ply: {ply}")
 
+    def resume_flags(self, total: Optional[int]) -> List[str]:
+        """``--load-dir`` and the steps left when an earlier demo run of this method stopped before its last step
+        (``total`` steps; None: the method's own), from its newest intact checkpoint; [] to start from step 0 (a
+        finished or an unusable earlier run is said in one line)."""
+        from nerfstudio.configs.method_configs import all_methods
+
+        from argp_ns.checks import ConfigError, resolve_checkpoint
+
+        models = self.output_dir / "runs" / "demo" / self.method / "latest" / "nerfstudio_models"
+        if not models.is_dir():
+            return []
+        total = total or all_methods[self.method].max_num_iterations
+        try:
+            step, path, _ = resolve_checkpoint(models, None, fall_back=True)
+        except ConfigError as err:
+            print(f"argp-ns demo: starting over: {err}")
+            return []
+        if step >= total - 1:
+            print(f"argp-ns demo: {models.parent} holds a finished run (step {step}); training again from step 0")
+            return []
+        print(f"argp-ns demo: continuing the interrupted run from its checkpoint at step {step} ({path})")
+        return ["--load-dir", str(models), f"--max-num-iterations={total - step - 1}"]
+
 
 def run(cmd: List[str], env: dict) -> None:
-    """Run a command, stopping with its exit code and a one-line message when it fails."""
+    """Run a command, stopping with its exit code and a one-line message when it fails. A Ctrl-C goes to the command
+    (it shares the terminal) and this process waits for it: ns-train saves its checkpoint, and a rerun of the demo
+    continues from it."""
     print("+ " + " ".join(cmd), flush=True)
-    code = subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env)
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    try:
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        sys.exit("argp-ns demo: interrupted; run the same argp-ns demo command again to continue from the checkpoint")
     if code:
         sys.exit(f"argp-ns: `{cmd[0]}` failed with exit code {code}")
 

@@ -82,7 +82,13 @@ class ArgpTrainerConfig(TrainerConfig):
         while not outermost.parent.exists():
             outermost = outermost.parent
         made = not base.exists()
-        super().save_config()
+        # config.yml names no checkpoint step: ns-eval and ns-export then load the run's newest checkpoint (a resume's
+        # starting checkpoint is deleted by its first save when only the latest is kept)
+        load_step, self.load_step = self.load_step, None
+        try:
+            super().save_config()
+        finally:
+            self.load_step = load_step
         if made:
             _NEW_RUN_DIRS[base] = outermost
 

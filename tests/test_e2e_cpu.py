@@ -289,6 +289,10 @@ def test_ctrl_c_saves_a_checkpoint_and_the_printed_resume_finishes_the_run(small
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final = sorted(tmp_path.glob("*/splatfacto-argp/r/nerfstudio_models/*.ckpt"))[-1]
     assert final.name == "step-000000299.ckpt"
+    metrics = tmp_path / "m.json"  # the resumed run evaluates (its config.yml names no deleted checkpoint)
+    subprocess.run(["ns-eval", "--load-config", str(final.parent.parent / "config.yml"), "--output-path", str(metrics)],
+                   env=ENV, check=True, capture_output=True)
+    assert json.loads(metrics.read_text())["results"]["psnr"] > 10
 
 
 @pytest.fixture
@@ -296,3 +300,18 @@ def small_scene_for_interrupt(tmp_path_factory):
     from argp_ns.demo_scene import make_demo_scene
 
     return make_demo_scene(tmp_path_factory.mktemp("intr"), size=32, n_train=8, n_test=2, n_points=400)
+
+
+def test_a_rerun_demo_continues_an_interrupted_run_and_restarts_a_finished_one(tmp_path, capsys):
+    from argp_ns.cli import Demo
+
+    demo = Demo(output_dir=tmp_path, method="splatfacto-safeguard")
+    assert demo.resume_flags(300) == []  # no earlier run
+    models = tmp_path / "runs" / "demo" / "splatfacto-safeguard" / "latest" / "nerfstudio_models"
+    models.mkdir(parents=True)
+    torch.save({"step": 150}, models / "step-000000150.ckpt")
+    assert demo.resume_flags(300) == ["--load-dir", str(models), "--max-num-iterations=149"]
+    assert "continuing the interrupted run from its checkpoint at step 150" in capsys.readouterr().out
+    torch.save({"step": 299}, models / "step-000000299.ckpt")
+    assert demo.resume_flags(300) == []
+    assert "holds a finished run (step 299); training again from step 0" in capsys.readouterr().out
