@@ -103,6 +103,11 @@ class Prune:
         if self.output_dir.exists():
             raise PosthocError(f"output directory {self.output_dir} exists; nothing was overwritten")
         check_writable(self.output_dir)
+        source = self.load_config.absolute().parent  # the run folder: its config.yml beside its checkpoints
+        inside = source == self.output_dir.absolute() or source in self.output_dir.absolute().parents
+        if inside and (source / "nerfstudio_models").is_dir():
+            raise PosthocError(f"output directory {self.output_dir} is inside the source run {source}; a later run there "
+                               "could overwrite its source: choose a folder outside it")
         config = self._read_config()
         data = config.pipeline.datamanager.data or config.pipeline.datamanager.dataparser.data
         if data is None or not Path(data).exists():

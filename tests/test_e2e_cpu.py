@@ -156,7 +156,12 @@ def test_posthoc_refuses_other_methods_and_missing_data(argp_run, tmp_path):
     moved.write_text(yaml.dump(cfg))
     proc = subprocess.run(["argp-ns", "prune", "--load-config", str(moved), "--output-dir", str(tmp_path / "o")], env=ENV, capture_output=True, text=True)
     assert proc.returncode != 0 and "missing" in proc.stderr and not (tmp_path / "o").exists()
-
+    inside = config.parent / "pruned"  # a later run there could overwrite its source
+    proc = subprocess.run(["argp-ns", "prune", "--load-config", str(config), "--output-dir", str(inside)], env=ENV, capture_output=True, text=True)
+    assert proc.returncode != 0 and not inside.exists()
+    assert proc.stderr.strip().splitlines()[-1] == (f"argp-ns prune: output directory {inside} is inside the source run "
+                                                    f"{config.parent}; a later run there could overwrite its source: "
+                                                    "choose a folder outside it")
 
 
 def test_score_pass_benchmark_on_a_trained_run(argp_run, tmp_path):
