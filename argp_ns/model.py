@@ -425,7 +425,7 @@ class SplatfactoArgpModelConfig(PruningModelConfig):
     irp_mode: IrpMode = "moments"
     """Candidates between rounds: moments (zero Adam moments, as released), frozen (no updates), hidden (not rendered in training)."""
     budget: int = 0
-    """Final number of Gaussians (0: off). The IRP recover ratio is solved from the count at the first round so that the
+    """Final number of Gaussians (0: off; at least 100). The IRP recover ratio is solved from the count at the first round so that the
     last round lands on it by recovery score; a count already within it after densification: AOP only."""
     final_round: FinalRound = "irp"
     """Last IRP round: irp (delete the candidates by recovery score, as published) or safeguard (keep SafeguardGS's
@@ -481,7 +481,7 @@ class SplatfactoSafeguardModelConfig(PruningModelConfig):
     radsplat_threshold: float = 0.01
     """radsplat: prune max blending weight below this (0.25 for RadSplat-Light)."""
     budget: int = 0
-    """Number of Gaussians the prune keeps (0: off): the best by the rule's own importance (safeguard, efficientgs:
+    """Number of Gaussians the prune keeps (0: off; at least 100): the best by the rule's own importance (safeguard, efficientgs:
     top-k union first, by pixels won then summed score), replacing its threshold or ratio."""
 
 
@@ -515,7 +515,7 @@ class SplatfactoMcmcModelConfig(LeanModelConfig):
     stop_split_at: int = 25000
     """Relocation and growth stop here (gsplat's MCMC default 25,000 of 30,000); they start at warmup_length."""
     budget: int = 0
-    """The hard cap of Gaussians (0: gsplat's 1,000,000); the count grows 5 % a refine step up to it."""
+    """The hard cap of Gaussians (0: gsplat's 1,000,000; at least 100); the count grows 5 % a refine step up to it."""
     noise_lr: float = 5e5
     """Position noise: scaled by the means' learning rate times this (0: no noise)."""
     mcmc_opacity_reg: float = 0.01

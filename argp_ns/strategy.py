@@ -82,6 +82,18 @@ def remove_all_but(kept: Tensor, n: int) -> Tensor:
     return mask
 
 
+MIN_BUDGET = 100
+"""The smallest ``budget`` a run accepts: below it a scene is a handful of splats, not a model."""
+
+
+def check_budget_flag(budget: int) -> None:
+    """A ``budget`` flag at start: 0 (off) or a whole count of at least MIN_BUDGET; ValueError (one line) otherwise."""
+    if budget < 0:
+        raise ValueError(f"budget must be a positive integer (0: off), got {budget}")
+    if 0 < budget < MIN_BUDGET:
+        raise ValueError(f"budget {budget} is below the floor of {MIN_BUDGET} Gaussians (a scene that small is degenerate)")
+
+
 def check_budget(budget: int, n: int, rule: str) -> None:
     """Raise PruneError (one line) unless 0 < budget < n: a budget prune must remove at least one Gaussian."""
     if budget < 1:
@@ -208,8 +220,7 @@ class ArgpStrategy(SyncFreeStrategy):
             raise ValueError(f"irp_last={self.irp_last} must be before the last training step ({max_steps})")
         if self.irp_mode not in ("moments", "frozen", "hidden"):
             raise ValueError(f"irp_mode must be moments, frozen or hidden, got {self.irp_mode!r}")
-        if self.budget < 0:
-            raise ValueError(f"budget must be a positive integer (0: off), got {self.budget}")
+        check_budget_flag(self.budget)
         if self.budget and len(self.irp_rounds()) < 2:
             raise ValueError(f"budget needs at least two IRP rounds (irp_start={self.irp_start}, irp_last={self.irp_last})")
         if self.final_round not in ("irp", "safeguard"):
@@ -365,8 +376,7 @@ class SafeguardStrategy(SyncFreeStrategy):
             raise ValueError(f"prune_step={self.prune_step} must be inside the run (1..{max_steps - 1})")
         if self.topk_scope not in ("pixel", "tile"):
             raise ValueError(f"topk_scope must be pixel or tile, got {self.topk_scope!r}")
-        if self.budget < 0:
-            raise ValueError(f"budget must be a positive integer (0: off), got {self.budget}")
+        check_budget_flag(self.budget)
         if self.budget and self.topk_scope == "tile" and self.prune_method in ("safeguard", "efficientgs"):
             raise ValueError("budget ranks by per-pixel top-k wins; it does not apply to topk_scope tile")
 
@@ -469,8 +479,7 @@ class McmcStrategy(Strategy):
 
     def check_config(self, max_steps: int) -> None:
         """Fail at start with one line on an invalid setting."""
-        if self.cap_max < 1:
-            raise ValueError(f"budget (the MCMC cap) must be a positive integer, got {self.cap_max}")
+        check_budget_flag(self.cap_max)
         if self.noise_lr < 0:
             raise ValueError(f"noise_lr must be >= 0, got {self.noise_lr}")
         if not 0.0 < self.min_opacity < 1.0:

@@ -258,11 +258,12 @@ def test_budget_refusals_are_one_line():
         assert "\n" not in str(err.value)
     check_budget(9, 10, "radsplat")
     for kwargs, text in (({"budget": -1}, "budget must be a positive integer"),
-                         ({"budget": 10, "topk_scope": "tile"}, "does not apply to topk_scope tile")):
+                         ({"budget": 10}, "budget 10 is below the floor of 100 Gaussians"),
+                         ({"budget": 100, "topk_scope": "tile"}, "does not apply to topk_scope tile")):
         with pytest.raises(ValueError, match=text) as err:
             SafeguardStrategy(**kwargs).check_config(30000)
         assert "\n" not in str(err.value)
-    SafeguardStrategy(budget=10, topk_scope="tile", prune_method="radsplat").check_config(30000)
+    SafeguardStrategy(budget=100, topk_scope="tile", prune_method="radsplat").check_config(30000)
 
 
 # --- the score pass: per-pixel wins and summed scores --------------------------------------------------------------

@@ -115,13 +115,14 @@ def test_strategy_grows_five_percent_a_refine_step_up_to_the_cap():
 
 
 def test_strategy_config_errors():
-    for kwargs, msg in (({"cap_max": 0}, "budget"), ({"noise_lr": -1.0}, "noise_lr"), ({"min_opacity": 1.0}, "min_opacity")):
+    for kwargs, msg in (({"cap_max": -1}, "budget must be a positive integer"), ({"cap_max": 50}, "below the floor of 100"), ({"noise_lr": -1.0}, "noise_lr"), ({"min_opacity": 1.0}, "min_opacity")):
         with pytest.raises(ValueError, match=msg):
             McmcStrategy(**kwargs).check_config(1000)
 
 
 @pytest.mark.parametrize("flag, value, line", [
-    ("budget", -5, "budget (the MCMC cap) must be a positive integer, got -5"),
+    ("budget", -5, "budget must be a positive integer (0: off), got -5"),
+    ("budget", 5, "budget 5 is below the floor of 100 Gaussians (a scene that small is degenerate)"),
     ("init_fraction", 1.5, "init_fraction must be in (0, 1], got 1.5"),
     ("init_opacity", 0.0, "init_opacity must be in (0, 1), got 0.0"),
 ])
