@@ -30,10 +30,13 @@ class ConfigError(ValueError):
 
 
 def check_device(device_type: str) -> None:
-    """A CUDA run needs a CUDA GPU; say how to run on the CPU instead of torch's driver traceback."""
+    """A CUDA run needs a CUDA GPU, an MPS run Apple's MPS; say what to use instead of torch's driver traceback."""
     if device_type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("no CUDA GPU found (torch.cuda.is_available() is False); add --machine.device-type cpu "
                           "to train on the CPU (slow: tiny scenes only, e.g. `argp-ns demo`)")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("no Apple MPS device on this machine (torch.backends.mps.is_available() is False); use "
+                          "--machine.device-type cuda or cpu")
 
 
 def check_data(data: Optional[Path]) -> None:
@@ -76,8 +79,11 @@ def check_model(model_config, max_steps: int, device_type: Optional[str] = None)
         return
     if hasattr(model_config, "score"):
         check_score(model_config.score)
+    device = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    if getattr(model_config, "score_backend", "auto") == "cuda" and device != "cuda":
+        raise ConfigError(f"score-backend cuda needs a CUDA device (this run trains on {device}); use "
+                          "--pipeline.model.score-backend auto or torch")
     if hasattr(model_config, "top_k"):
-        device = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
         check_top_k(model_config.top_k, model_config.score_backend, device)
     if not getattr(model_config, "scored_prune", True) and getattr(model_config, "budget", 0):
         raise ConfigError("budget needs the scored prune: drop --pipeline.model.scored-prune False or the budget")

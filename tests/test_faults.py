@@ -200,6 +200,8 @@ CASES: Dict[str, tuple] = {
                                           "argp_ns: budget needs the scored prune"),
     "train-safeguard-score-nonsense": (lambda c: ns_train(c, "splatfacto-safeguard", ["--pipeline.model.score=nonsense"]),
                                        "argp_ns: score 'nonsense' is not valid; use 'safeguard'"),
+    "train-score-backend-cuda-on-cpu": (lambda c: ns_train(c, extra=["--pipeline.model.score-backend=cuda"]),
+                                        "argp_ns: score-backend cuda needs a CUDA device (this run trains on cpu)"),
     "train-empty-data-folder": (lambda c: ns_train(c, scene=empty_data(c)), "No such file or directory: "),
     "train-missing-images": (lambda c: ns_train(c, scene=data_without_images(c)), "No such file or directory: "),
     "train-resume-no-intact-checkpoint": (
@@ -214,6 +216,9 @@ CASES: Dict[str, tuple] = {
     "cli-export-truncated-checkpoint": (lambda c: command(c, "ns-export", "gaussian-splat", "--load-config", str(c.damaged_copy(truncate_newest)),
                                                           "--output-dir", str(c.out)), "step-000000019.ckpt is unreadable (corrupt or truncated)"),
 }
+if not torch.backends.mps.is_available():
+    CASES["train-mps-without-mps"] = (lambda c: exit_message(lambda: train_main(train_args("splatfacto-argp", c.scene, c.out, device="mps"))),
+                                      "argp_ns: no Apple MPS device on this machine")
 if not torch.cuda.is_available():
     CASES["cli-train-without-cuda"] = (lambda c: command(c, "ns-train", *train_args("splatfacto-argp", c.scene, c.out, device=None)),
                                        "argp_ns: no CUDA GPU found (torch.cuda.is_available() is False); add --machine.device-type cpu")
