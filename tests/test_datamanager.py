@@ -40,7 +40,7 @@ def test_same_views_in_the_same_order_as_nerfstudio(demo_scene, device):
 def test_our_methods_train_on_it():
     from nerfstudio.configs.method_configs import all_methods
 
-    for name in ("splatfacto-argp", "splatfacto-safeguard", "splatfacto-argp-big", "splatfacto-safeguard-big"):
+    for name in ("splatfacto-argp", "splatfacto-safeguard", "splatfacto-argp-big", "splatfacto-safeguard-big", "splatfacto-mcmc"):
         assert type(all_methods[name].pipeline.datamanager) is LeanDatamanagerConfig
     assert type(all_methods["splatfacto"].pipeline.datamanager) is FullImageDatamanagerConfig  # stock: untouched
 

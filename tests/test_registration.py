@@ -7,7 +7,7 @@ import pytest
 import tyro
 
 from argp_ns.datamanager import LeanDatamanagerConfig
-from argp_ns.model import SplatfactoArgpModelConfig, SplatfactoSafeguardModelConfig
+from argp_ns.model import SplatfactoArgpModelConfig, SplatfactoMcmcModelConfig, SplatfactoSafeguardModelConfig
 
 
 def test_entry_points_discovered():
@@ -19,13 +19,15 @@ def test_entry_points_discovered():
     assert isinstance(methods["splatfacto-argp"].pipeline.model, SplatfactoArgpModelConfig)
     assert isinstance(methods["splatfacto-safeguard"].pipeline.model, SplatfactoSafeguardModelConfig)
     assert "ARGP" in descriptions["splatfacto-argp"]
+    assert isinstance(methods["splatfacto-mcmc"].pipeline.model, SplatfactoMcmcModelConfig)
+    assert "MCMC" in descriptions["splatfacto-mcmc"]
 
 
 def test_configs_match_splatfacto():
     from nerfstudio.configs.method_configs import all_methods
 
     base = all_methods["splatfacto"]
-    for name in ("splatfacto-argp", "splatfacto-safeguard"):
+    for name in ("splatfacto-argp", "splatfacto-safeguard", "splatfacto-mcmc"):
         cfg = all_methods[name]
         assert cfg.max_num_iterations == base.max_num_iterations
         assert set(cfg.optimizers) == set(base.optimizers)
