@@ -7,6 +7,8 @@ stop before they write anything. Nothing here loads a model or renders.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import tempfile
@@ -154,3 +156,62 @@ def resolve_checkpoint(load_dir: Path, load_step: Optional[int], fall_back: bool
             raise ConfigError(unreadable(path))
         skipped.append(path)
     raise ConfigError(f"no intact checkpoint in {load_dir}; unreadable (corrupt or truncated): " + ", ".join(p.name for p in skipped))
+
+
+def _parse_error(parser: str, data: Path, err: BaseException) -> str:
+    """One line for a dataset nerfstudio's dataparser could not read: the file when the error names one."""
+    name = getattr(err, "filename", None)
+    if isinstance(err, json.JSONDecodeError):
+        return f"the {parser} transforms file under {data} is not valid JSON ({err.msg}, line {err.lineno})"
+    if isinstance(err, UnicodeDecodeError):
+        return f"a file of the dataset {data} is not UTF-8 text ({err.reason}); the transforms file must be UTF-8 JSON"
+    if isinstance(err, KeyError):
+        return f"the dataset {data} lacks the field {err.args[0]!r} that nerfstudio's {parser} dataparser needs"
+    if name:
+        return f"{getattr(err, 'strerror', None) or type(err).__name__}: {name}"
+    return f"nerfstudio's {parser} dataparser cannot read {data}: {type(err).__name__}: {err}".rstrip(": ")
+
+
+def check_dataset(dataparser_config, data: Optional[Path]) -> None:
+    """The dataset as the run will read it, before any folder is made: nerfstudio's own dataparser parses it (the
+    transforms or COLMAP model, the seed points file), then each training and held-out image's header is read
+    (PIL opens it without decoding the pixels) and its size compared with its camera's."""
+    from PIL import Image, UnidentifiedImageError
+
+    check_data(data)
+    parser = type(dataparser_config).__name__.replace("DataParserConfig", "").lower() or "its"
+    config = dataclasses.replace(dataparser_config, data=Path(data)) if data is not None else dataparser_config
+    root = Path(data) if Path(data).is_dir() else Path(data).parent
+    for transforms in [Path(data)] if Path(data).suffix == ".json" else [root / "transforms.json", root / "transforms_train.json"]:
+        try:
+            frames = json.loads(transforms.read_text(encoding="utf-8")).get("frames")
+        except (OSError, ValueError, AttributeError):
+            continue  # absent or unreadable: the dataparser's own reading below names the fault
+        if frames == []:
+            raise ConfigError(f"the transforms file {transforms} lists no frames")
+    outputs = {}
+    for split in ("train", "test"):
+        try:
+            outputs[split] = config.setup().get_dataparser_outputs(split=split)
+        except (OSError, ValueError, KeyError, AssertionError, IndexError, TypeError, UnicodeDecodeError) as err:
+            raise ConfigError(_parse_error(parser, Path(data), err)) from None
+    ply = getattr(config, "ply_path", None)
+    if ply is not None and not (root / ply).is_file():
+        raise ConfigError(f"the seed points file {root / ply} does not exist (--ply-path is relative to --data)")
+    points = outputs["train"].metadata.get("points3D_xyz")
+    if ply is not None and points is not None and len(points) == 0:
+        raise ConfigError(f"the seed points file {root / ply} holds no points")
+    if not outputs["train"].image_filenames:
+        raise ConfigError(f"the dataset {data} has no training images (its transforms or COLMAP model lists no frames)")
+    for split, out in outputs.items():
+        widths, heights = out.cameras.width.flatten().tolist(), out.cameras.height.flatten().tolist()
+        for path, w, h in zip(out.image_filenames, widths, heights):
+            try:
+                with Image.open(path) as img:
+                    size = img.size
+            except FileNotFoundError:
+                raise ConfigError(f"image {path} is missing (the dataset lists it)") from None
+            except (UnidentifiedImageError, OSError) as err:
+                raise ConfigError(f"image {path} cannot be decoded ({type(err).__name__})") from None
+            if tuple(size) != (int(w), int(h)):
+                raise ConfigError(f"image {path} is {size[0]}x{size[1]} but its camera says {int(w)}x{int(h)}")

@@ -28,7 +28,8 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocati
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from argp_ns.checks import CHECKPOINT, ConfigError, check_data, check_device, check_model, checkpoint_readable, resolve_checkpoint, unreadable
+from argp_ns.checks import (CHECKPOINT, ConfigError, check_dataset, check_device, check_model, checkpoint_readable,
+                            resolve_checkpoint, unreadable)
 
 _IMPORTED_AT = time.time()
 _NEW_RUN_DIRS: Dict[Path, Path] = {}
@@ -47,10 +48,11 @@ class ArgpTrainerConfig(TrainerConfig):
     _target: Type = field(default_factory=lambda: ArgpTrainer)
 
     def check(self) -> None:
-        """Device, data path, resume checkpoint and model flags; raises :class:`ConfigError`."""
+        """Device, the dataset (parsed by nerfstudio's dataparser, every image's header), resume checkpoint and model
+        flags; raises :class:`ConfigError`."""
         check_device(self.machine.device_type)
         datamanager = self.pipeline.datamanager
-        check_data(datamanager.data or datamanager.dataparser.data)
+        check_dataset(datamanager.dataparser, datamanager.data or datamanager.dataparser.data)
         check_model(self.pipeline.model, self.first_step() + self.max_num_iterations, self.machine.device_type)
 
     def first_step(self) -> int:

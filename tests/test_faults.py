@@ -9,6 +9,7 @@ SystemExit's); a few representative ones run the real command and read its stder
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -164,6 +165,50 @@ def empty_data(ctx: Ctx) -> Path:
     return ctx.watch(data)
 
 
+def damaged_scene(ctx: Ctx, damage: Callable[[Path], None]) -> Path:
+    """A watched copy of the demo scene with ``damage`` applied to it."""
+    data = ctx.tmp / "scene"
+    shutil.copytree(ctx.scene, data)
+    damage(data)
+    return ctx.watch(data)
+
+
+def edit_transforms(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def damage(data: Path) -> None:
+        path = data / "transforms_train.json"
+        meta = json.loads(path.read_text())
+        change(meta)
+        path.write_text(json.dumps(meta))
+    return damage
+
+
+def first_train_image(data: Path) -> Path:
+    meta = json.loads((data / "transforms_train.json").read_text())
+    name = meta["frames"][1]["file_path"]  # not the first: blender-data reads the first one's size for every camera
+    return data / (name if name.endswith(".png") else name + ".png")
+
+
+def resized_image(data: Path) -> None:
+    from PIL import Image
+
+    path = first_train_image(data)
+    Image.open(path).resize((10, 7)).save(path)
+
+
+DATA_CASES: Dict[str, tuple] = {
+    "data-no-frames": (edit_transforms(lambda m: m.update(frames=[])), "transforms_train.json lists no frames"),
+    "data-no-camera-angle": (edit_transforms(lambda m: m.pop("camera_angle_x")), "lacks the field 'camera_angle_x'"),
+    "data-transforms-not-json": (lambda d: (d / "transforms_train.json").write_text("{frames: ["), "is not valid JSON"),
+    "data-transforms-not-utf8": (lambda d: (d / "transforms_train.json").write_bytes(b'{"frames": "\xff\xfe"}'), "not UTF-8"),
+    "data-image-not-decodable": (lambda d: first_train_image(d).write_bytes(b"not a png"), "cannot be decoded"),
+    "data-image-wrong-size": (resized_image, "is 10x7 but its camera says"),
+    "data-seed-points-missing": (lambda d: (d / "points3d.ply").unlink(), "points3d.ply does not exist (--ply-path is relative"),
+    "data-seed-points-empty": (lambda d: (d / "points3d.ply").write_text("ply\nformat ascii 1.0\nelement vertex 0\n"
+                                                                        "property float x\nproperty float y\nproperty float z\nend_header\n"),
+                               "points3d.ply holds no points"),
+}
+
+
 def ns_eval(ctx: Ctx, config: Path) -> str:
     from nerfstudio.scripts.eval import ComputePSNR
 
@@ -216,6 +261,8 @@ CASES: Dict[str, tuple] = {
     "cli-export-truncated-checkpoint": (lambda c: command(c, "ns-export", "gaussian-splat", "--load-config", str(c.damaged_copy(truncate_newest)),
                                                           "--output-dir", str(c.out)), "step-000000019.ckpt is unreadable (corrupt or truncated)"),
 }
+for _name, (_damage, _expected) in DATA_CASES.items():
+    CASES[f"train-{_name}"] = ((lambda damage: lambda c: ns_train(c, scene=damaged_scene(c, damage)))(_damage), _expected)
 if not torch.backends.mps.is_available():
     CASES["train-mps-without-mps"] = (lambda c: exit_message(lambda: train_main(train_args("splatfacto-argp", c.scene, c.out, device="mps"))),
                                       "argp_ns: no Apple MPS device on this machine")
