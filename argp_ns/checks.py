@@ -180,7 +180,7 @@ def check_dataset(dataparser_config, data: Optional[Path]) -> None:
 
     check_data(data)
     parser = type(dataparser_config).__name__.replace("DataParserConfig", "").lower() or "its"
-    config = dataclasses.replace(dataparser_config, data=Path(data)) if data is not None else dataparser_config
+    config = dataclasses.replace(dataparser_config, data=Path(data))  # the datamanager's --data, as nerfstudio sets it
     root = Path(data) if Path(data).is_dir() else Path(data).parent
     for transforms in [Path(data)] if Path(data).suffix == ".json" else [root / "transforms.json", root / "transforms_train.json"]:
         try:
