@@ -59,7 +59,6 @@ class LeanModelConfig(SplatfactoModelConfig):
 class PruningModelConfig(LeanModelConfig):
     """splatfacto plus a score pass; subclassed by the two methods."""
 
-    _target: Type = field(default_factory=lambda: PruningModel)
     score_backend: Literal["auto", "cuda", "torch"] = "auto"
     """Score pass implementation: the CUDA kernel where it builds ('auto'), or the PyTorch twin."""
     scored_prune: bool = True
@@ -533,10 +532,10 @@ class SplatfactoMcmcModelConfig(LeanModelConfig):
 
     def check(self) -> None:
         """Fail at start with one line on an invalid initialisation (the strategy checks its own options)."""
-        for name in ("init_opacity", "init_fraction"):
-            v = getattr(self, name)
-            if not 0.0 < v < 1.0 and not (name == "init_fraction" and v == 1.0):
-                raise ValueError(f"{name} must be in (0, 1{']' if name == 'init_fraction' else ')'}, got {v}")
+        if not 0.0 < self.init_opacity < 1.0:
+            raise ValueError(f"init_opacity must be in (0, 1), got {self.init_opacity}")
+        if not 0.0 < self.init_fraction <= 1.0:
+            raise ValueError(f"init_fraction must be in (0, 1], got {self.init_fraction}")
         if self.init_scale <= 0:
             raise ValueError(f"init_scale must be > 0, got {self.init_scale}")
 

@@ -488,26 +488,13 @@ class McmcStrategy(Strategy):
             raise ValueError(f"refine_every must be >= 1, got {self.refine_every}")
 
     def initialize_state(self, scene_scale: float = 1.0) -> Dict[str, Any]:
-        """The sampler's generator (seeded: a run's relocations are reproducible) and the event list."""
-        return {"generator": None, "events": []}
+        """The sampler's generator, made (seeded: a run's relocations are reproducible) on the parameters' device at
+        the first step."""
+        return {"generator": None}
 
     def is_refine_step(self, step: int) -> bool:
         """True at the relocate-and-add steps."""
         return self.refine_start_iter < step < self.refine_stop_iter and step % self.refine_every == 0
-
-    def round_due(self, step: int) -> bool:
-        """MCMC has no scored prune round."""
-        return False
-
-    def scores_due(self, step: int) -> bool:
-        return False
-
-    def next_prune(self, step: int) -> Tuple[Optional[int], str]:
-        """MCMC never prunes."""
-        return None, ""
-
-    def blocked(self, state: Dict[str, Any]) -> Optional[Tensor]:
-        return None
 
     def step_post_backward(self, params, optimizers, state: Dict[str, Any], step: int, lr: float) -> Dict[str, int]:
         """Relocate and add at refine steps, then the position noise; returns {relocated, added} (0 elsewhere)."""
