@@ -141,3 +141,43 @@ def test_next_prune_skips_refine_steps_paused_after_an_opacity_reset():
     assert st.next_prune(60) == (75, "aop")
     assert st.next_prune(75) == (150, "irp")  # 100 and 125 fall in the pause after the reset at 100; 150 ends densification
     assert st.next_prune(250) == (None, "")
+
+
+def regrow_info(n: int, grad: torch.Tensor, width: int = 100, height: int = 100):
+    """A training render's ``info`` with the 2-D means' gradient ``grad`` [n] (x component) and every Gaussian seen."""
+    means2d = torch.zeros(1, n, 2, requires_grad=True)
+    means2d.grad = torch.zeros(1, n, 2)
+    means2d.grad[0, :, 0] = grad * 2.0 / width  # undone by the strategy's screen normalisation
+    return {"means2d": means2d, "radii": torch.ones(1, n), "width": width, "height": height, "n_cameras": 1,
+            "gaussian_ids": None}
+
+
+def test_regrowth_grows_high_gradient_gaussians_between_rounds_and_keeps_marks_aligned():
+    n = 400
+    params, optimizers = make_params(n, seed=5)
+    strat = ArgpStrategy(refine_stop_iter=12000, irp_every=2000, irp_last=22000, regrow_until=18000,
+                         refine_scale2d_stop_iter=0)
+    state = strat.initialize_state(scene_scale=1.0)
+    strat.score_round(params, optimizers, state, 12000, None)  # R_0 marks
+    cand = state["irp_candidates"].clone()
+    grad = torch.zeros(n)
+    grad[:10] = 1.0  # well above grow_grad2d: the first ten (small: scale e^-4) are duplicated
+    strat.step_post_backward(params, optimizers, state, 12050, regrow_info(n, grad))
+    assert params["means"].shape[0] == n  # statistics only between refine steps
+    strat.step_post_backward(params, optimizers, state, 12100, regrow_info(n, grad))
+    assert params["means"].shape[0] == n + 10
+    assert_aligned(params, optimizers, state)
+    assert torch.equal(state["irp_candidates"][n:], cand[:10])  # a copy inherits its parent's mark
+    assert (state["grad2d"] == 0).all() and (state["count"] == 0).all()  # statistics restart after each growth
+    assert not strat.regrow_due(14000) and strat.regrow_due(14100) and not strat.regrow_due(18000)
+    m = params["means"].shape[0]
+    strat.step_post_backward(params, optimizers, state, 18000, regrow_info(m, torch.ones(m)))
+    assert params["means"].shape[0] == m  # regrowth is over at regrow_until
+
+
+def test_regrowth_off_by_default_and_checked():
+    assert not ArgpStrategy(refine_stop_iter=12000).regrow_due(12100)
+    for until in (12000, 23000):
+        with pytest.raises(ValueError, match="regrow_until") as err:
+            ArgpStrategy(refine_stop_iter=12000, irp_every=2000, irp_last=22000, regrow_until=until).check_config(30000)
+        assert "\n" not in str(err.value)
