@@ -290,7 +290,7 @@ class PruningModel(SplatfactoModel):
 
     def step_post_backward(self, step: int) -> None:
         """gsplat's refine step (with the strategy's own prune rule), then a scored round when due."""
-        refine = is_refine_step(self.strategy, step) or (isinstance(self.strategy, ArgpStrategy) and self.strategy.regrow_due(step))
+        refine = is_refine_step(self.strategy, step)
         round_due = self.config.scored_prune and self.strategy.round_due(step)
         measure = round_due or (refine and self.config.report_psnr == "all")
         before = self.eval_psnr() if measure and self.config.report_psnr != "off" else None
@@ -431,10 +431,6 @@ class SplatfactoArgpModelConfig(PruningModelConfig):
     per-pixel top-k union of all Gaussians; with a budget, its N best by pixels won, then summed score)."""
     top_k: int = 1
     """final-round safeguard: the per-pixel top-k (1..32 on the CUDA pass)."""
-    irp_regrow_until: int = 0
-    """Regrowth: after densification, gsplat's grow rule alone (clone / split by the 2-D gradient, no AOP, no opacity
-    reset) keeps running on the refine cadence until this step, so the IRP rounds choose from a pool that keeps adding
-    detail (0: off, as published; else after stop-split-at and at most irp-last)."""
 
     def irp_ratios(self) -> Tuple[float, float]:
         """(mark_ratio, recover_ratio): the preset's pair, each replaced by its flag when given."""
@@ -452,7 +448,7 @@ class SplatfactoArgpModel(PruningModel):
         mark_ratio, recover_ratio = c.irp_ratios()
         return ArgpStrategy(**base, prune_quantile=c.prune_quantile, opacity_floor=c.aop_opacity_floor, irp_start=c.irp_start, irp_every=c.irp_every,
                             irp_last=c.irp_last, mark_ratio=mark_ratio, recover_ratio=recover_ratio, irp_mode=c.irp_mode,
-                            budget=c.budget, final_round=c.final_round, top_k=c.top_k, regrow_until=c.irp_regrow_until)
+                            budget=c.budget, final_round=c.final_round, top_k=c.top_k)
 
     def score_pass_options(self) -> Dict[str, Any]:
         """The recovery score at every round, but the last one with a SafeguardGS final round (per-pixel top-k only)."""

@@ -184,12 +184,6 @@ class ArgpStrategy(SyncFreeStrategy):
     the ``n - N`` lowest-scored candidates, landing on N (above it only when fewer candidates are left; said in
     one line). When the count at a round is already <= N, IRP marks and deletes nothing (AOP only).
 
-    Regrowth (``regrow_until`` > ``refine_stop_iter``, this plugin's rule, off by default): after densification
-    gsplat's grow rule alone keeps running on the refine cadence while ``step < regrow_until`` (no AOP, no opacity
-    reset, nothing at a round's step): duplicate if ``mean |grad2d| > grow_grad2d`` and ``max scale <= grow_scale3d *
-    scene_scale``, split if the gradient is high and the Gaussian larger. The rounds then choose from a pool that
-    keeps adding detail where the image error is; a grown copy inherits its parent's candidate mark.
-
     Final round ``safeguard`` (AOP + IRP + pixel-level top-k): R_last deletes, instead of the low-scored candidates,
     every Gaussian outside the per-pixel top-``top_k`` union of the pass (``scores["keep"]``, SafeguardGS's rule over
     all Gaussians); with a budget, all but the N best by :func:`topk_ranking`. The rounds before it are unchanged.
@@ -206,13 +200,9 @@ class ArgpStrategy(SyncFreeStrategy):
     budget: int = 0
     final_round: FinalRound = "irp"
     top_k: int = 1
-    regrow_until: int = 0
 
     def check_config(self, max_steps: int) -> None:
         """Fail at start with one line on an invalid setting."""
-        if self.regrow_until and not self.refine_stop_iter < self.regrow_until <= self.irp_last:
-            raise ValueError(f"regrow_until must be 0 (off) or after densification and at most the last IRP round: "
-                             f"{self.refine_stop_iter} < regrow_until={self.regrow_until} <= irp_last={self.irp_last}")
         for name in ("prune_quantile", "mark_ratio", "recover_ratio"):
             v = getattr(self, name)
             if not 0.0 < v < 1.0:
@@ -256,24 +246,6 @@ class ArgpStrategy(SyncFreeStrategy):
         if not later:
             return None, ""
         return later[0], self.final_round if later[0] == rounds[-1] else "irp"
-
-    def regrow_due(self, step: int) -> bool:
-        """True at the regrowth steps: refine cadence, ``refine_stop_iter <= step < regrow_until``, not a round."""
-        return (self.refine_stop_iter <= step < self.regrow_until and step % self.refine_every == 0
-                and not self.round_due(step))
-
-    def step_post_backward(self, params, optimizers, state: Dict[str, Any], step: int, info: Dict[str, Any],
-                           packed: bool = False) -> None:
-        """gsplat's refine step while densifying; then, until ``regrow_until``, the statistics and the grow rule alone."""
-        super().step_post_backward(params, optimizers, state, step, info, packed=packed)
-        if not self.refine_stop_iter <= step < self.regrow_until:
-            return
-        self._update_state(params, state, info, packed=packed)
-        if self.regrow_due(step):
-            self._grow_gs(params, optimizers, state, step)
-            for key in ("grad2d", "count", "radii"):
-                if state.get(key) is not None:
-                    state[key].zero_()
 
     def scores_due(self, step: int) -> bool:
         """True at rounds that need the recovery score (every round but the first)."""

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # step-based schedules scaled by the quick protocol: (config path, applies to)
 SCALED = ("max_num_iterations", "warmup_length", "stop_split_at", "stop_screen_size_at", "resolution_schedule",
-          "sh_degree_interval", "reset_alpha_every", "irp_start", "irp_every", "irp_last", "irp_regrow_until", "prune_step")
+          "sh_degree_interval", "reset_alpha_every", "irp_start", "irp_every", "irp_last", "prune_step")
 NEVER = 10**9
 # every MARK_EVERY steps a run records [seconds since the first step, Gaussians] (its "step_marks")
 MARK_EVERY = 500
@@ -133,7 +133,7 @@ def build_config(method: str, flags: List[str], opts: scenes.SceneOptions, data:
     model = cfg.pipeline.model
     for name in SCALED:
         for obj in (cfg, model):
-            if hasattr(obj, name):
+            if getattr(obj, name, 0):  # 0 means off and stays 0
                 setattr(obj, name, max(1, int(round(getattr(obj, name) * scale))))
     if steps is not None:
         cfg.max_num_iterations = steps

@@ -378,3 +378,21 @@ def test_a_run_is_expected_to_take_as_long_as_its_own_kind():
     took = {"splatfacto": 175.0, "splatfacto-argp": 95.0}
     assert run.expected_seconds(took, "splatfacto-argp") == 95.0
     assert run.expected_seconds(took, "floor0.1") == 175.0
+
+
+def test_quick_protocol_scales_step_options_but_leaves_off_switches_off(tmp_path, monkeypatch):
+    import copy
+
+    from nerfstudio.configs import method_configs
+
+    opts = scenes.SceneOptions(dataparser="blender-data")
+    cfg = run.build_config("splatfacto-argp", [], opts, tmp_path, 0.5, "cpu", tmp_path, None)
+    m = cfg.pipeline.model
+    assert (cfg.max_num_iterations, m.irp_start, m.irp_last, m.stop_split_at) == (15000, 6000, 11000, 6000)
+    off = copy.deepcopy(method_configs.all_methods["splatfacto-argp"])
+    off.pipeline.model.stop_screen_size_at = 0  # 0 is "off", not a step to halve into 1
+    monkeypatch.setitem(method_configs.all_methods, "splatfacto-argp", off)
+    cfg = run.build_config("splatfacto-argp", ["--pipeline.model.irp-last", "9000"], opts, tmp_path, 0.5, "cpu",
+                           tmp_path, None)
+    assert cfg.pipeline.model.stop_screen_size_at == 0
+    assert cfg.pipeline.model.irp_last == 9000  # a flag is taken at the protocol's scale, as given
