@@ -430,10 +430,12 @@ def plot(results: Dict[str, Any], path: Path) -> None:
 
 def plot_same_count(results: Dict[str, Any], path: Path) -> bool:
     """The same-count (Pareto) plot: per rule (and training), mean ± std PSNR against mean ± std final count at each
-    budget, joined by a line, over stock splatfacto's band and its point. False (nothing written) without budget runs."""
+    budget, joined by a line, over stock splatfacto's band and its point; rules as their method's defaults give them
+    (ablations, runs with further flags or of a ``-big`` method, stay in the table). False (nothing written) without
+    such budget runs."""
     import matplotlib
 
-    grouped = same_count_rows(results)
+    grouped = {k: v for k, v in same_count_rows(results).items() if " [" not in k[1] and "(big)" not in k[1]}
     if not grouped:
         return False
     fig, ax = _axes(11.0)

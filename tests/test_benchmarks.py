@@ -350,6 +350,9 @@ def test_same_count_table_ranks_rules_within_a_budget(tmp_path):
     assert report.same_count_table(_results([_run()])) is None
     report.render(_results([_run()]), tmp_path / "plain.json")
     assert not (tmp_path / "plain-same-count.png").exists()
+    ablations = _results([_run("splatfacto", psnr=31.0, n=1000),
+                          _budget("argp", 100, 25.0, 100, extra="--pipeline.model.irp-mode hidden")])
+    assert not report.plot_same_count(ablations, tmp_path / "ablations.png")  # ablations stay in the table
 
 
 def test_budget_flag_forms():
