@@ -403,7 +403,7 @@ class SplatfactoArgpModelConfig(PruningModelConfig):
     """AOP: prune activated opacity strictly below this quantile at each refine step."""
     aop_opacity_floor: float = 0.1
     """AOP prunes below max(quantile, this absolute opacity): 0.1 keeps splatfacto's own cull under AOP (the default,
-    chosen on fox and bonsai: see the README's "Defaults"); 0 is pure AOP as published. In [0, 1)."""
+    chosen on fox and bonsai: benchmarks/README.md, "Defaults"); 0 is pure AOP as published. In [0, 1)."""
     reset_opacity_value: float = 0.2
     """Opacity reset value (splatfacto: 0.2 = 2 x cull_alpha_thresh; official ARGP: 0.01)."""
     irp_start: int = 12000

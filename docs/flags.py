@@ -1,13 +1,13 @@
-"""The README's flag tables, generated from the config dataclasses.
+"""The flag reference (docs/flags.md), generated from the config dataclasses.
 
     python docs/flags.py            print the tables (markdown)
-    python docs/flags.py --write    replace the tables in README.md (between the ``<!-- flags:NAME -->`` and
+    python docs/flags.py --write    replace the tables in docs/flags.md (between the ``<!-- flags:NAME -->`` and
                                     ``<!-- /flags -->`` markers)
 
 One table per command: the plugin's fields of each model config (the ones splatfacto lacks, or whose default
 differs from splatfacto's), shown as ``ns-train`` flags, and the fields of ``argp-ns prune``; then the registered
 methods whose defaults differ from their config class's (the ``-big`` variants). The meaning is
-the field's docstring, the text ``--help`` shows. ``tests/test_readme.py`` fails when README.md and these
+the field's docstring, the text ``--help`` shows. ``tests/test_readme.py`` fails when docs/flags.md and these
 tables drift apart.
 """
 
@@ -23,7 +23,7 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+FLAGS_DOC = Path(__file__).resolve().parent / "flags.md"
 MARKER = re.compile(r"(<!-- flags:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /flags -->)", re.S)
 
 Row = Tuple[str, str, str]  # flag, default, meaning
@@ -152,32 +152,32 @@ def markdown(table: List[Row]) -> str:
 
 
 def readme_tables(text: str) -> Dict[str, str]:
-    """The tables now between the markers of README text, by marker name."""
+    """The tables now between the markers of a text, by marker name."""
     return {m.group("name"): m.group("body") for m in MARKER.finditer(text)}
 
 
 def rewrite(text: str, generated: Dict[str, str]) -> str:
-    """README text with each marked table replaced by its generated version (unknown markers left alone)."""
+    """The text with each marked table replaced by its generated version (unknown markers left alone)."""
     return MARKER.sub(lambda m: m.group(1) + generated.get(m.group("name"), m.group("body")) + m.group(4), text)
 
 
 def generated() -> Dict[str, str]:
-    """Every marked README table as markdown, by marker name."""
+    """Every marked table as markdown, by marker name."""
     out = {name: markdown(table) for name, table in tables().items()}
     out["variants"] = variants_markdown(variants())
     return out
 
 
 def main(argv: List[str]) -> None:
-    """Print the tables, or with ``--write`` put them into README.md."""
+    """Print the tables, or with ``--write`` put them into docs/flags.md."""
     generated_tables = generated()
     if "--write" in argv:
-        text = README.read_text()
+        text = FLAGS_DOC.read_text()
         missing = sorted(set(generated_tables) - set(readme_tables(text)))
         if missing:
-            sys.exit(f"docs/flags.py: README.md has no marker for {', '.join(missing)}")
-        README.write_text(rewrite(text, generated_tables))
-        print(f"docs/flags.py: {len(generated_tables)} tables written to {README}")
+            sys.exit(f"docs/flags.py: docs/flags.md has no marker for {', '.join(missing)}")
+        FLAGS_DOC.write_text(rewrite(text, generated_tables))
+        print(f"docs/flags.py: {len(generated_tables)} tables written to {FLAGS_DOC}")
         return
     for name, table in generated_tables.items():
         print(f"<!-- flags:{name} -->\n{table}<!-- /flags -->\n")
