@@ -25,7 +25,8 @@ setup() {
   source .venv/bin/activate
   if ! python -c "import argp_ns, nerfstudio, gsplat, pytest" >/dev/null 2>&1; then
     python -m pip install -q --upgrade pip
-    python -m pip install -q torch torchvision
+    # TORCH_INDEX=https://download.pytorch.org/whl/cpu ./run.sh: torch's CPU-only build (far smaller than the CUDA one)
+    python -m pip install -q torch torchvision ${TORCH_INDEX:+--index-url "$TORCH_INDEX"}
     python -m pip install -q -e ".[test]"
   fi
 }
