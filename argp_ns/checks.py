@@ -98,17 +98,53 @@ def check_model(model_config, max_steps: int, device_type: Optional[str] = None)
 
 
 def check_writable(output_dir: Path) -> None:
-    """``output_dir`` (which need not exist yet) can be created: its nearest existing parent is a folder
-    in which a folder can be made and removed again."""
-    parent = Path(output_dir).absolute()
+    """``output_dir`` (which need not exist yet) can be created or, if it exists, written in: its nearest existing
+    path is a folder in which a folder can be made and removed again (the folder's times are put back after)."""
+    target = Path(output_dir).absolute()
+    parent = target
     while not parent.exists():
         parent = parent.parent
+    what = f"{output_dir}" if parent == target else f"cannot create {output_dir}: {parent}"
     if not parent.is_dir():
-        raise ConfigError(f"cannot create {output_dir}: {parent} is a file, not a folder")
+        raise ConfigError(f"{what} is a file, not a folder")
+    times = os.stat(parent)
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".argp-ns-write-test-", dir=parent))
     except OSError as err:
-        raise ConfigError(f"cannot create {output_dir}: {parent} is not writable ({err.strerror})") from None
+        raise ConfigError(f"{what} is not writable ({err.strerror})") from None
+    try:
+        os.utime(parent, ns=(times.st_atime_ns, times.st_mtime_ns))
+    except OSError:
+        pass  # a folder writable but not ours keeps the new times
+
+
+def check_eval_output(output_path: Path, render_output_path: Optional[Path] = None) -> None:
+    """``ns-eval``'s outputs: ``--output-path`` is a ``.json`` file that can be written (its folder can be made or
+    written in, it is not a folder), ``--render-output-path`` (if given) a folder that can be made or written in."""
+    path = Path(output_path)
+    if path.suffix != ".json":
+        raise ConfigError(f"ns-eval --output-path {output_path} must end in .json (the metrics are written as JSON)")
+    if path.is_dir():
+        raise ConfigError(f"ns-eval --output-path {output_path} is a folder; give a .json file path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"ns-eval --output-path {output_path} is not writable; choose another --output-path")
+    try:
+        check_writable(path.parent)
+    except ConfigError as err:
+        raise ConfigError(f"ns-eval --output-path {output_path}: {err}; choose another --output-path") from None
+    if render_output_path is not None:
+        try:
+            check_writable(render_output_path)
+        except ConfigError as err:
+            raise ConfigError(f"ns-eval --render-output-path: {err}; choose another --render-output-path") from None
+
+
+def check_export_dir(output_dir: Path) -> None:
+    """``ns-export``'s ``--output-dir``: a folder that can be made or written in (not a file)."""
+    try:
+        check_writable(output_dir)
+    except ConfigError as err:
+        raise ConfigError(f"ns-export --output-dir: {err}; choose another --output-dir") from None
 
 
 def checkpoint_readable(path: Path) -> bool:

@@ -8,7 +8,8 @@ data file missing, a flag refused by the model) removes the run folder this proc
 checkpoint. A Ctrl-C during training stops after the step under way, saves a checkpoint (the model with its
 pruning state, the optimizers, the schedulers) and says in one line how to resume; a second Ctrl-C quits at once.
 Loading one of our runs from its config.yml (``ns-eval``, ``ns-export``, ``ns-viewer``,
-``argp-ns prune``) makes nerfstudio's ``eval_setup`` check the run's checkpoint before ``torch.load``.
+``argp-ns prune``) makes nerfstudio's ``eval_setup`` check the run's checkpoint before ``torch.load``, and checks
+the output paths of the ``ns-eval`` or ``ns-export`` loading it before the pipeline is built.
 """
 
 from __future__ import annotations
@@ -22,18 +23,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Literal, Type
+from typing import Any, Dict, Literal, Optional, Tuple, Type
 
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from argp_ns.checks import (CHECKPOINT, ConfigError, check_dataset, check_device, check_model, checkpoint_readable,
-                            resolve_checkpoint, unreadable)
+from argp_ns.checks import (CHECKPOINT, ConfigError, check_dataset, check_device, check_eval_output, check_export_dir,
+                            check_model, checkpoint_readable, resolve_checkpoint, unreadable)
 
 _IMPORTED_AT = time.time()
 _NEW_RUN_DIRS: Dict[Path, Path] = {}
 """Run folder -> the outermost folder that :meth:`ArgpTrainerConfig.save_config` created for it in this process."""
+EVAL_SCRIPT = ("nerfstudio.scripts.eval", "ComputePSNR")
+EXPORT_SCRIPT = ("nerfstudio.scripts.exporter", "Exporter")
+"""nerfstudio's script classes (module, name) whose instance loads a run through ``eval_setup``."""
 
 
 def fail(err: ConfigError) -> SystemExit:
@@ -95,9 +99,11 @@ class ArgpTrainerConfig(TrainerConfig):
             _NEW_RUN_DIRS[base] = outermost
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        """Loading a run's config.yml (PyYAML and copy call this): arm the checkpoint check of ``eval_setup``."""
+        """Loading a run's config.yml (PyYAML and copy call this): arm the checkpoint check of ``eval_setup`` and
+        check the outputs of the ``ns-eval`` or ``ns-export`` that loads it, before it builds the pipeline."""
         self.__dict__.update(state)
         guard_eval_checkpoints()
+        check_script_outputs()
 
 
 class ArgpTrainer(Trainer):
@@ -200,16 +206,38 @@ def guard_eval_checkpoints() -> None:
     eval_utils.eval_load_checkpoint = eval_load_checkpoint
 
 
+def calling_script(*scripts: Tuple[str, str]) -> Optional[Any]:
+    """The instance of one of ``scripts`` ((module, class name), looked up only if the module is imported) whose
+    method is running further up the call stack (the nearest), or None."""
+    classes = tuple(cls for module, name in scripts if isinstance(cls := getattr(sys.modules.get(module), name, None), type))
+    frame = sys._getframe(1)
+    while classes and frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, classes):
+            return owner
+        frame = frame.f_back
+    return None
+
+
+def check_script_outputs() -> None:
+    """For ``ns-eval`` (``--output-path``, ``--render-output-path``) and ``ns-export`` (``--output-dir``) loading one
+    of our runs: a path that cannot be written ends in one line before the pipeline is built."""
+    script = calling_script(EVAL_SCRIPT, EXPORT_SCRIPT)
+    try:
+        if hasattr(script, "output_path"):
+            check_eval_output(script.output_path, getattr(script, "render_output_path", None))
+        elif hasattr(script, "output_dir"):
+            check_export_dir(script.output_dir)
+    except ConfigError as err:  # a file or a folder that cannot be written: neither is one ns-export just made
+        raise fail(err) from None
+
+
 def remove_new_export_dir() -> None:
     """``ns-export`` makes its output folder before it loads the run: remove it if it is empty and not older
     than this process's import of argp_ns (so a folder the user made before is kept)."""
-    exporter = sys.modules.get("nerfstudio.scripts.exporter")
-    frame = sys._getframe(1)
-    while exporter is not None and frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, exporter.Exporter):
-            out = Path(owner.output_dir)
-            if out.is_dir() and not any(out.iterdir()) and out.stat().st_mtime >= _IMPORTED_AT - 2.0:
-                out.rmdir()
-            return
-        frame = frame.f_back
+    exporter = calling_script(EXPORT_SCRIPT)
+    if exporter is None:
+        return
+    out = Path(exporter.output_dir)
+    if out.is_dir() and not any(out.iterdir()) and out.stat().st_mtime >= _IMPORTED_AT - 2.0:
+        out.rmdir()

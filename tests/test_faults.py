@@ -209,10 +209,32 @@ DATA_CASES: Dict[str, tuple] = {
 }
 
 
-def ns_eval(ctx: Ctx, config: Path) -> str:
+def ns_eval(ctx: Ctx, config: Path, output_path: Optional[Path] = None, **flags) -> str:
     from nerfstudio.scripts.eval import ComputePSNR
 
-    return exit_message(lambda: ComputePSNR(load_config=config, output_path=ctx.out / "metrics.json").main())
+    output_path = output_path or ctx.out / "metrics.json"
+    return exit_message(lambda: ComputePSNR(load_config=config, output_path=output_path, **flags).main())
+
+
+def ns_export(ctx: Ctx, config: Path, output_dir: Path) -> str:
+    from nerfstudio.scripts.exporter import ExportGaussianSplat
+
+    return exit_message(lambda: ExportGaussianSplat(load_config=config, output_dir=output_dir).main())
+
+
+def a_file(ctx: Ctx) -> Path:
+    """A watched regular file in the scratch folder."""
+    path = ctx.tmp / "a-file"
+    path.write_text("not a folder\n")
+    return ctx.watch(path)
+
+
+def read_only_dir(ctx: Ctx) -> Path:
+    """An empty folder nobody may write in (no use as root: root writes anyway)."""
+    path = ctx.tmp / "read-only"
+    path.mkdir()
+    path.chmod(0o555)
+    return path
 
 
 # case id -> (run the case and return its one line, a fragment that line must hold)
@@ -253,6 +275,12 @@ CASES: Dict[str, tuple] = {
         lambda c: ns_train(c, extra=["--load-dir", str(c.damaged_copy(lambda m: [truncate(p) for p in m.glob("*.ckpt")]).parent / MODELS)]),
         "no intact checkpoint in"),
     "eval-truncated-checkpoint": (lambda c: ns_eval(c, c.damaged_copy(truncate_newest)), "step-000000019.ckpt is unreadable (corrupt or truncated)"),
+    "eval-output-not-json": (lambda c: ns_eval(c, c.run, c.out / "metrics.txt"), "metrics.txt must end in .json"),
+    "eval-output-is-a-folder": (lambda c: ns_eval(c, c.run, Path(shutil.copytree(c.scene, c.tmp / "m.json"))), "m.json is a folder; give a .json file path"),
+    "eval-output-under-a-file": (lambda c: ns_eval(c, c.run, a_file(c) / "metrics.json"), "a-file is a file, not a folder; choose another --output-path"),
+    "eval-render-output-under-a-file": (lambda c: ns_eval(c, c.run, render_output_path=a_file(c) / "renders"),
+                                        "ns-eval --render-output-path: cannot create"),
+    "export-output-is-a-file": (lambda c: ns_export(c, c.run, a_file(c)), "a-file is a file, not a folder; choose another --output-dir"),
     # the real commands
     "cli-prune-argp-keep-ratio-0": (lambda c: command(c, "argp-ns", "prune", "--load-config", str(c.run), "--output-dir", str(c.out),
                                                       "--method", "argp", "--keep-ratio", "0"), "argp-ns prune: --keep-ratio must be in (0, 1)"),
@@ -260,7 +288,18 @@ CASES: Dict[str, tuple] = {
                           "argp_ns: the data path /nonexistent does not exist"),
     "cli-export-truncated-checkpoint": (lambda c: command(c, "ns-export", "gaussian-splat", "--load-config", str(c.damaged_copy(truncate_newest)),
                                                           "--output-dir", str(c.out)), "step-000000019.ckpt is unreadable (corrupt or truncated)"),
+    "cli-eval-output-not-json": (lambda c: command(c, "ns-eval", "--load-config", str(c.run), "--output-path", str(c.out / "metrics.txt")),
+                                 "metrics.txt must end in .json (the metrics are written as JSON)"),
+    "cli-eval-output-under-a-file": (lambda c: command(c, "ns-eval", "--load-config", str(c.run), "--output-path", str(a_file(c) / "m.json")),
+                                     "a-file is a file, not a folder; choose another --output-path"),
+    "cli-export-output-is-a-file": (lambda c: command(c, "ns-export", "gaussian-splat", "--load-config", str(c.run), "--output-dir", str(a_file(c))),
+                                    "argp_ns: ns-export --output-dir: "),
 }
+if os.geteuid() != 0:  # root writes in a read-only folder: these cases need an ordinary user
+    CASES["cli-eval-output-read-only"] = (lambda c: command(c, "ns-eval", "--load-config", str(c.run), "--output-path",
+                                                            str(read_only_dir(c) / "metrics.json")), "read-only is not writable (Permission denied)")
+    CASES["cli-export-output-read-only"] = (lambda c: command(c, "ns-export", "gaussian-splat", "--load-config", str(c.run), "--output-dir",
+                                                              str(read_only_dir(c))), "read-only is not writable (Permission denied)")
 for _name, (_damage, _expected) in DATA_CASES.items():
     CASES[f"train-{_name}"] = ((lambda damage: lambda c: ns_train(c, scene=damaged_scene(c, damage)))(_damage), _expected)
 if not torch.backends.mps.is_available():
@@ -282,6 +321,42 @@ def test_bad_input_ends_in_one_line_and_leaves_nothing(case, demo_run, demo_scen
     assert not ctx.out.exists(), sorted(ctx.out.rglob("*"))
     assert hashes(demo_run.parents[3], demo_scene) == before
     assert {path: hashes(Path(path)).get(path) for path in ctx.watched} == ctx.watched
+
+
+@pytest.mark.parametrize("case", ["eval-output-not-json", "eval-output-under-a-file", "export-output-is-a-file"])
+def test_a_bad_output_stops_before_the_pipeline_is_built(case, demo_run, demo_scene, tmp_path, monkeypatch):
+    """ns-eval's and ns-export's output paths are checked when the run's config.yml is read, before nerfstudio's
+    ``eval_setup`` builds the pipeline (which reads the dataset)."""
+    from nerfstudio.configs.base_config import InstantiateConfig
+
+    def no_setup(self, **kwargs):
+        raise AssertionError(f"{type(self).__name__} built before the output check")
+
+    monkeypatch.setattr(InstantiateConfig, "setup", no_setup)
+    run_case, expected = CASES[case]
+    assert expected in run_case(Ctx(run=demo_run, scene=demo_scene, tmp=tmp_path, out=tmp_path / "out"))
+
+
+@pytest.mark.parametrize("script", ["eval", "export"])
+def test_a_read_only_output_folder_ends_in_one_line(script, demo_run, tmp_path, monkeypatch):
+    """A folder that refuses new entries (stood in for by a refused write test, as root writes anywhere) stops
+    ns-eval and ns-export when the run's config.yml is read; the folder is kept."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    ctx = Ctx(run=demo_run, scene=demo_run, tmp=tmp_path, out=tmp_path / "out")
+    if script == "eval":
+        line = ns_eval(ctx, demo_run, folder / "metrics.json")
+        assert line == f"argp_ns: ns-eval --output-path {folder / 'metrics.json'}: {folder} is not writable (Permission denied); choose another --output-path"
+    else:
+        line = ns_export(ctx, demo_run, folder)
+        assert line == f"argp_ns: ns-export --output-dir: {folder} is not writable (Permission denied); choose another --output-dir"
+    assert folder.is_dir() and not any(folder.iterdir())
 
 
 def test_resume_skips_a_truncated_newest_checkpoint(demo_run, demo_scene, tmp_path, capsys):
