@@ -139,6 +139,16 @@ def check_eval_output(output_path: Path, render_output_path: Optional[Path] = No
             raise ConfigError(f"ns-eval --render-output-path: {err}; choose another --render-output-path") from None
 
 
+def check_run_data(datamanager_config, config_path: Optional[Path]) -> None:
+    """A finished run loaded by ``ns-eval`` / ``ns-export``: the dataset it was trained on (``data``, else the
+    dataparser's) is still where its config.yml says; if not, one line saying where and how to point elsewhere."""
+    data = datamanager_config.data or getattr(datamanager_config.dataparser, "data", None)
+    if data is not None and not Path(data).exists():
+        where = f" in {config_path}" if config_path else ""
+        raise ConfigError(f"the run's dataset {data} is not there (moved or deleted?): put it back, or write its new "
+                          f"place as the dataparser's data:{where}")
+
+
 def check_export_dir(output_dir: Path) -> None:
     """``ns-export``'s ``--output-dir``: a folder that can be made or written in (not a file)."""
     try:

@@ -30,7 +30,7 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from argp_ns.checks import (CHECKPOINT, ConfigError, check_dataset, check_device, check_eval_output, check_export_dir,
-                            check_model, checkpoint_readable, resolve_checkpoint, unreadable)
+                            check_model, check_run_data, checkpoint_readable, resolve_checkpoint, unreadable)
 
 _IMPORTED_AT = time.time()
 _NEW_RUN_DIRS: Dict[Path, Path] = {}
@@ -103,7 +103,7 @@ class ArgpTrainerConfig(TrainerConfig):
         check the outputs of the ``ns-eval`` or ``ns-export`` that loads it, before it builds the pipeline."""
         self.__dict__.update(state)
         guard_eval_checkpoints()
-        check_script_outputs()
+        check_script_outputs(self)
 
 
 class ArgpTrainer(Trainer):
@@ -219,9 +219,10 @@ def calling_script(*scripts: Tuple[str, str]) -> Optional[Any]:
     return None
 
 
-def check_script_outputs() -> None:
+def check_script_outputs(config: "ArgpTrainerConfig") -> None:
     """For ``ns-eval`` (``--output-path``, ``--render-output-path``) and ``ns-export`` (``--output-dir``) loading one
-    of our runs: a path that cannot be written ends in one line before the pipeline is built."""
+    of our runs: a path that cannot be written, or the run's dataset no longer where it was, ends in one line before
+    the pipeline is built."""
     script = calling_script(EVAL_SCRIPT, EXPORT_SCRIPT)
     try:
         if hasattr(script, "output_path"):
@@ -230,6 +231,12 @@ def check_script_outputs() -> None:
             check_export_dir(script.output_dir)
     except ConfigError as err:  # a file or a folder that cannot be written: neither is one ns-export just made
         raise fail(err) from None
+    if script is not None:
+        try:
+            check_run_data(config.pipeline.datamanager, getattr(script, "load_config", None))
+        except ConfigError as err:
+            remove_new_export_dir()
+            raise fail(err) from None
 
 
 def remove_new_export_dir() -> None:

@@ -237,6 +237,17 @@ def read_only_dir(ctx: Ctx) -> Path:
     return path
 
 
+def moved_data(ctx: Ctx) -> Path:
+    """A watched copy of the run whose config.yml names a dataset that is no longer there."""
+    config = copy_run(ctx.run, ctx.tmp / "moved")
+    cfg = yaml.load(config.read_text(), Loader=yaml.Loader)
+    cfg.pipeline.datamanager.dataparser.data = ctx.tmp / "moved-away"
+    cfg.pipeline.datamanager.data = None
+    config.write_text(yaml.dump(cfg))
+    ctx.watch(ctx.tmp / "moved")
+    return config
+
+
 # case id -> (run the case and return its one line, a fragment that line must hold)
 CASES: Dict[str, tuple] = {
     # argp-ns prune
@@ -281,6 +292,8 @@ CASES: Dict[str, tuple] = {
     "eval-render-output-under-a-file": (lambda c: ns_eval(c, c.run, render_output_path=a_file(c) / "renders"),
                                         "ns-eval --render-output-path: cannot create"),
     "export-output-is-a-file": (lambda c: ns_export(c, c.run, a_file(c)), "a-file is a file, not a folder; choose another --output-dir"),
+    "eval-dataset-moved": (lambda c: ns_eval(c, moved_data(c)), "moved-away is not there (moved or deleted?): put it back, or write"),
+    "export-dataset-moved": (lambda c: ns_export(c, moved_data(c), c.out), "moved-away is not there (moved or deleted?)"),
     # the real commands
     "cli-prune-argp-keep-ratio-0": (lambda c: command(c, "argp-ns", "prune", "--load-config", str(c.run), "--output-dir", str(c.out),
                                                       "--method", "argp", "--keep-ratio", "0"), "argp-ns prune: --keep-ratio must be in (0, 1)"),
