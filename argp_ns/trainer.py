@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Literal, Optional, Tuple, Type
@@ -33,6 +34,8 @@ from argp_ns.checks import (CHECKPOINT, ConfigError, check_dataset, check_device
                             check_model, check_run_data, checkpoint_readable, resolve_checkpoint, unreadable)
 
 _IMPORTED_AT = time.time()
+_CHECKED: "weakref.WeakValueDictionary[int, ArgpTrainerConfig]" = weakref.WeakValueDictionary()
+"""The configs :meth:`ArgpTrainerConfig.checked` has checked, by id."""
 _NEW_RUN_DIRS: Dict[Path, Path] = {}
 """Run folder -> the outermost folder that :meth:`ArgpTrainerConfig.save_config` created for it in this process."""
 EVAL_SCRIPT = ("nerfstudio.scripts.eval", "ComputePSNR")
@@ -76,13 +79,26 @@ class ArgpTrainerConfig(TrainerConfig):
             return int(named.group(1)) + 1 if named else 0
         return 0
 
-    def save_config(self) -> None:
-        """Check everything, then write the run folder and its config.yml (nerfstudio's), remembering which
-        folders this made."""
+    def checked(self) -> None:
+        """:meth:`check` once per config object (``ns-train`` prints the config, then saves it); a failure exits in
+        one line (:func:`fail`)."""
+        if _CHECKED.get(id(self)) is self:
+            return
         try:
             self.check()
         except ConfigError as err:
             raise fail(err) from None
+        _CHECKED[id(self)] = self
+
+    def print_to_terminal(self) -> None:
+        """nerfstudio's config dump, after the checks: a bad input is one line, not the dump and then the line."""
+        self.checked()
+        super().print_to_terminal()
+
+    def save_config(self) -> None:
+        """Check everything, then write the run folder and its config.yml (nerfstudio's), remembering which
+        folders this made."""
+        self.checked()
         base = self.get_base_dir().absolute()
         outermost = base
         while not outermost.parent.exists():

@@ -400,3 +400,15 @@ def test_a_top_k_beyond_the_cuda_pass_stops_at_start_on_a_gpu():
         config.score_backend = "torch"
         check_model(config, 30000, "cuda")
     check_model(SplatfactoSafeguardModelConfig(top_k=32), 30000, "cuda")
+
+
+def test_a_bad_ns_train_prints_no_config_dump(demo_scene, tmp_path):
+    """ns-train prints its whole config before saving it: our checks run first, so a bad flag is the only output
+    (no 260-line dump above the line)."""
+    proc = subprocess.run(["ns-train", *train_args("splatfacto-argp", demo_scene, tmp_path / "out",
+                                                   extra=["--pipeline.model.prune-quantile=0"])],
+                          env=ENV, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "TrainerConfig(" not in proc.stdout + proc.stderr and "_target=" not in proc.stdout, proc.stdout[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == "argp_ns: prune_quantile must be in (0, 1), got 0.0"
+    assert not (tmp_path / "out").exists()
