@@ -4,8 +4,24 @@
 #                     the main job: splatfacto-argp on the embedded demo scene, ns-eval, ns-export, a summary
 #   ./run.sh test     set up the same way and run the tests (GPU tests are skipped without CUDA)
 set -euo pipefail
-cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
+TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
+
+has_nvidia_gpu() {
+  command -v nvidia-smi >/dev/null 2>&1 || [ -e /proc/driver/nvidia/version ]
+}
+
+install_torch() {
+  # TORCH_INDEX=<url> picks torch's index; else, without an NVIDIA GPU, torch's CPU-only build (far smaller than the
+  # CUDA build the default index has for Linux), falling back to the default index when that one cannot be reached
+  if [ -n "${TORCH_INDEX:-}" ]; then
+    python -m pip install -q torch torchvision --index-url "$TORCH_INDEX"
+  elif has_nvidia_gpu || ! python -m pip install -q --retries 0 --timeout 20 torch torchvision --index-url "$TORCH_CPU_INDEX" 2>/dev/null; then
+    has_nvidia_gpu || echo "argp_ns: torch's CPU index ($TORCH_CPU_INDEX) cannot be reached: installing torch from the default index" >&2
+    python -m pip install -q torch torchvision
+  fi
+  python -c "import torch; print('argp_ns: torch', torch.__version__, '(CUDA build)' if torch.version.cuda else '(CPU build)')"
+}
 
 need_libusb() {
   # open3d, which nerfstudio's PLY loader and exporter import, links against libusb-1.0
@@ -25,15 +41,17 @@ setup() {
   source .venv/bin/activate
   if ! python -c "import argp_ns, nerfstudio, gsplat, pytest" >/dev/null 2>&1; then
     python -m pip install -q --upgrade pip
-    # TORCH_INDEX=https://download.pytorch.org/whl/cpu ./run.sh: torch's CPU-only build (far smaller than the CUDA one)
-    python -m pip install -q torch torchvision ${TORCH_INDEX:+--index-url "$TORCH_INDEX"}
+    install_torch
     python -m pip install -q -e ".[test]"
   fi
 }
 
-setup
-case "${1:-demo}" in
-  demo) argp-ns demo "${@:2}" ;;
-  test) TORCHDYNAMO_DISABLE=1 python -m pytest -q tests "${@:2}" ;;
-  *) echo "usage: ./run.sh [demo|test] [args...]" >&2; exit 2 ;;
-esac
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then  # run, not sourced (the tests source it for its functions)
+  cd "$(dirname "$0")"
+  setup
+  case "${1:-demo}" in
+    demo) argp-ns demo "${@:2}" ;;
+    test) TORCHDYNAMO_DISABLE=1 python -m pytest -q tests "${@:2}" ;;
+    *) echo "usage: ./run.sh [demo|test] [args...]" >&2; exit 2 ;;
+  esac
+fi
