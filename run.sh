@@ -11,16 +11,22 @@ has_nvidia_gpu() {
   command -v nvidia-smi >/dev/null 2>&1 || [ -e /proc/driver/nvidia/version ]
 }
 
+cpu_index_reachable() {
+  python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)" "$TORCH_CPU_INDEX/torch/" >/dev/null 2>&1
+}
+
 install_torch() {
   # TORCH_INDEX=<url> picks torch's index; else, without an NVIDIA GPU, torch's CPU-only build (far smaller than the
-  # CUDA build the default index has for Linux), falling back to the default index when that one cannot be reached
+  # CUDA build the default index has for Linux) when PyTorch's CPU index answers, the default index when it does not
   if [ -n "${TORCH_INDEX:-}" ]; then
     python -m pip install -q torch torchvision --index-url "$TORCH_INDEX"
-  elif has_nvidia_gpu || ! python -m pip install -q --retries 0 --timeout 20 torch torchvision --index-url "$TORCH_CPU_INDEX" 2>/dev/null; then
+  elif ! has_nvidia_gpu && cpu_index_reachable; then
+    python -m pip install -q torch torchvision --index-url "$TORCH_CPU_INDEX"
+  else
     has_nvidia_gpu || echo "argp_ns: torch's CPU index ($TORCH_CPU_INDEX) cannot be reached: installing torch from the default index" >&2
     python -m pip install -q torch torchvision
   fi
-  python -c "import torch; print('argp_ns: torch', torch.__version__, '(CUDA build)' if torch.version.cuda else '(CPU build)')"
+  python -c "import torch, torchvision.ops; print('argp_ns: torch', torch.__version__, '(CUDA build)' if torch.version.cuda else '(CPU build)')"
 }
 
 need_libusb() {

@@ -22,7 +22,7 @@ import yaml
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.models.splatfacto import SplatfactoModelConfig
 
-from argp_ns.checks import ConfigError, check_model, check_writable, resolve_checkpoint
+from argp_ns.checks import ConfigError, check_model, check_run_data, check_writable, resolve_checkpoint
 from argp_ns.model import SplatfactoSafeguardModelConfig
 from argp_ns.strategy import PruneError, check_budget, prune, remove_all_but
 from argp_ns.trainer import as_argp_config
@@ -109,9 +109,9 @@ class Prune:
             raise PosthocError(f"output directory {self.output_dir} is inside the source run {source}; a later run there "
                                "could overwrite its source: choose a folder outside it")
         config = self._read_config()
-        data = config.pipeline.datamanager.data or config.pipeline.datamanager.dataparser.data
-        if data is None or not Path(data).exists():
-            raise PosthocError(f"the run's dataset {data} is missing (the score pass needs its training images)")
+        if (config.pipeline.datamanager.data or config.pipeline.datamanager.dataparser.data) is None:
+            raise PosthocError(f"{self.load_config} names no dataset (the score pass needs its training images)")
+        check_run_data(config.pipeline.datamanager, self.load_config)
         resolve_checkpoint(config.get_checkpoint_dir(), config.load_step, fall_back=False)  # the one eval_setup loads
         return config
 

@@ -155,7 +155,7 @@ def test_posthoc_refuses_other_methods_and_missing_data(argp_run, tmp_path):
     moved = tmp_path / "moved.yml"
     moved.write_text(yaml.dump(cfg))
     proc = subprocess.run(["argp-ns", "prune", "--load-config", str(moved), "--output-dir", str(tmp_path / "o")], env=ENV, capture_output=True, text=True)
-    assert proc.returncode != 0 and "missing" in proc.stderr and not (tmp_path / "o").exists()
+    assert proc.returncode != 0 and "nowhere is not there (moved or deleted?)" in proc.stderr and not (tmp_path / "o").exists()
     inside = config.parent / "pruned"  # a later run there could overwrite its source
     proc = subprocess.run(["argp-ns", "prune", "--load-config", str(config), "--output-dir", str(inside)], env=ENV, capture_output=True, text=True)
     assert proc.returncode != 0 and not inside.exists()
