@@ -2,7 +2,8 @@
 # argp_ns in one command, on a fresh Linux machine with Python 3.10, 3.11 or 3.12 (GPU optional):
 #   ./run.sh          set everything up (.venv, torch, nerfstudio 1.1.5, gsplat 1.4.0, this plugin) and run
 #                     the main job: splatfacto-argp on the embedded demo scene, ns-eval, ns-export, a summary
-#   ./run.sh test     set up the same way and run the tests (GPU tests are skipped without CUDA)
+#   ./run.sh test     set up the same way and run the fast tests (GPU tests are skipped without CUDA)
+#   ./run.sh test --all   every test, the end-to-end CPU trainings too (what CI runs)
 set -euo pipefail
 PY=${PYTHON:-python3}
 TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
@@ -57,7 +58,9 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then  # run, not sourced (the tests source it
   setup
   case "${1:-demo}" in
     demo) argp-ns demo "${@:2}" ;;
-    test) TORCHDYNAMO_DISABLE=1 python -m pytest -q tests "${@:2}" ;;
+    test)  # the fast tests; --all: every test, the end-to-end trainings (marked slow) too, as CI runs them
+      if [ "${2:-}" = --all ]; then TORCHDYNAMO_DISABLE=1 python -m pytest -q tests "${@:3}"
+      else TORCHDYNAMO_DISABLE=1 python -m pytest -q -m "not slow" tests "${@:2}"; fi ;;
     *) echo "usage: ./run.sh [demo|test] [args...]" >&2; exit 2 ;;
   esac
 fi

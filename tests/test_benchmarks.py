@@ -67,6 +67,7 @@ def colmap_results(demo_scene, tmp_path_factory):
         return run.main(common + ["--repeats", "2", "--time-budget", "1"])
 
 
+@pytest.mark.slow
 def test_a_colmap_folder_benchmarks_with_one_command(colmap_results):
     data = json.loads(colmap_results.read_text())
     report.validate(data)

@@ -336,6 +336,7 @@ def final_count(config) -> int:
     return ckpt["pipeline"]["_model.gauss_params.means"].shape[0]
 
 
+@pytest.mark.slow
 def test_argp_budget_run_lands_on_budget(small_scene, tmp_path):
     from test_e2e_cpu import train
 
@@ -345,6 +346,7 @@ def test_argp_budget_run_lands_on_budget(small_scene, tmp_path):
     assert final_count(config) == 150
 
 
+@pytest.mark.slow
 def test_argp_with_a_safeguard_final_round_lands_on_budget(small_scene, tmp_path):
     from test_e2e_cpu import train
 
@@ -362,12 +364,14 @@ def safeguard_budget_run(small_scene, tmp_path_factory):
     return train("splatfacto-safeguard", small_scene, out, extra=["--pipeline.model.budget=150", "--pipeline.model.report-psnr=off"])
 
 
+@pytest.mark.slow
 def test_safeguard_budget_run_lands_on_budget(safeguard_budget_run):
     config, log = safeguard_budget_run
     assert "safeguard removed" in log and "kept 150\n" in log, log[-2000:]
     assert final_count(config) == 150
 
 
+@pytest.mark.slow
 def test_posthoc_prune_budget_lands_and_refuses(safeguard_budget_run, tmp_path):
     from test_e2e_cpu import ENV
 

@@ -42,12 +42,14 @@ def argp_run(demo_scene, tmp_path_factory):
     return out, config, log
 
 
+@pytest.mark.slow
 def test_train_logs_every_prune_rule(argp_run):
     _, _, log = argp_run
     assert "aop removed" in log
     assert log.count("irp removed") == 2  # rounds at 200 and 250 (150 only marks)
 
 
+@pytest.mark.slow
 def test_eval_and_export(argp_run, tmp_path):
     _, config, _ = argp_run
     metrics = tmp_path / "m.json"
@@ -62,6 +64,7 @@ def test_eval_and_export(argp_run, tmp_path):
     assert ply["vertex"].count == expected
 
 
+@pytest.mark.slow
 def test_resume_continues_with_live_optimizers(argp_run, demo_scene):
     out, config, _ = argp_run
     _, log = train("splatfacto-argp", demo_scene, out, extra=["--load-dir", str(config.parent / "nerfstudio_models")],
@@ -69,6 +72,7 @@ def test_resume_continues_with_live_optimizers(argp_run, demo_scene):
     assert "irp removed" not in log  # every round happened before the checkpoint at step 299
 
 
+@pytest.mark.slow
 def test_resume_mid_schedule_matches_the_uninterrupted_run(argp_run, demo_scene):
     """Resume from the checkpoint at step 200 (after the IRP round at 200, before the one at 250): the events so far
     come back from the checkpoint, the next round lands at the same step on the same population, and the count
@@ -89,6 +93,7 @@ def test_resume_mid_schedule_matches_the_uninterrupted_run(argp_run, demo_scene)
     assert log.count("irp removed") == 1
 
 
+@pytest.mark.slow
 def test_safeguard_prunes_inside_the_run(demo_scene, tmp_path):
     _, log = train("splatfacto-safeguard", demo_scene, tmp_path, steps=220)
     assert "safeguard removed" in log
@@ -96,6 +101,7 @@ def test_safeguard_prunes_inside_the_run(demo_scene, tmp_path):
     assert f"kept {kept:,}" in log  # the prune keeps exactly the pass's pixel-scope survivors
 
 
+@pytest.mark.slow
 def test_safeguard_tile_scope_reports_both_scopes(demo_scene, tmp_path):
     _, log = train("splatfacto-safeguard", demo_scene, tmp_path, steps=220, extra=["--pipeline.model.topk-scope=tile"])
     counts = log.split("top-1 keeps ")[1].split(" of ")[0]
@@ -104,6 +110,7 @@ def test_safeguard_tile_scope_reports_both_scopes(demo_scene, tmp_path):
     assert f"kept {tile:,}" in log and tile != pixel
 
 
+@pytest.mark.slow
 def test_pruning_report_written(argp_run):
     _, config, log = argp_run
     report = json.loads((config.parent / "pruning_report.json").read_text())
@@ -116,6 +123,7 @@ def test_pruning_report_written(argp_run):
     assert "prune events" in log
 
 
+@pytest.mark.slow
 def test_posthoc_prune_writes_a_loadable_run(argp_run, tmp_path):
     _, config, _ = argp_run
     out = tmp_path / "pruned"
@@ -137,6 +145,7 @@ def test_posthoc_prune_writes_a_loadable_run(argp_run, tmp_path):
     assert again.returncode != 0 and "exists" in again.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_posthoc_refuses_other_methods_and_missing_data(argp_run, tmp_path):
     from nerfstudio.configs.method_configs import all_methods
 
@@ -164,6 +173,7 @@ def test_posthoc_refuses_other_methods_and_missing_data(argp_run, tmp_path):
                                                     "choose a folder outside it")
 
 
+@pytest.mark.slow
 def test_score_pass_benchmark_on_a_trained_run(argp_run, tmp_path):
     from benchmarks import score_pass
 
@@ -179,6 +189,7 @@ def test_score_pass_benchmark_on_a_trained_run(argp_run, tmp_path):
         score_pass.main(["--load-config", str(config), "--case", "0:safeguard"])
 
 
+@pytest.mark.slow
 def test_posthoc_finetune_resumes_the_pruned_run(argp_run, tmp_path):
     _, config, _ = argp_run
     out = tmp_path / "tuned"
@@ -197,6 +208,7 @@ def test_posthoc_finetune_resumes_the_pruned_run(argp_run, tmp_path):
     assert bad.returncode != 0 and "finetune-steps" in bad.stderr.strip().splitlines()[-1] and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_resume_binds_the_checkpoint_state_to_the_live_parameters(argp_run, tmp_path):
     """nerfstudio's Trainer resuming from step 200: every Gaussian parameter, every Adam moment and the IRP candidates
     are the checkpoint's, each optimizer holds the live Parameter, and the next prune is the round at 250."""
