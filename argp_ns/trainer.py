@@ -31,7 +31,7 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from argp_ns.checks import (CHECKPOINT, ConfigError, check_dataset, check_device, check_eval_output, check_export_dir,
-                            check_model, check_run_data, checkpoint_readable, resolve_checkpoint, unreadable)
+                            check_model, check_run_data, check_writable, checkpoint_readable, resolve_checkpoint, unreadable)
 
 _IMPORTED_AT = time.time()
 _CHECKED: "weakref.WeakValueDictionary[int, ArgpTrainerConfig]" = weakref.WeakValueDictionary()
@@ -55,9 +55,13 @@ class ArgpTrainerConfig(TrainerConfig):
     _target: Type = field(default_factory=lambda: ArgpTrainer)
 
     def check(self) -> None:
-        """Device, the dataset (parsed by nerfstudio's dataparser, every image's header), resume checkpoint and model
+        """Device, the run folder can be made, the dataset (parsed by nerfstudio's dataparser, every image's header), resume checkpoint and model
         flags; raises :class:`ConfigError`."""
         check_device(self.machine.device_type)
+        try:
+            check_writable(self.get_base_dir())
+        except ConfigError as err:
+            raise ConfigError(f"ns-train --output-dir: {err}; choose another --output-dir") from None
         datamanager = self.pipeline.datamanager
         check_dataset(datamanager.dataparser, datamanager.data or datamanager.dataparser.data)
         check_model(self.pipeline.model, self.first_step() + self.max_num_iterations, self.machine.device_type)

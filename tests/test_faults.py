@@ -120,8 +120,8 @@ def prune(ctx: Ctx, *args: str, config: Optional[Path] = None) -> str:
     return exit_message(lambda: tyro.cli(Prune, args=argv).main())
 
 
-def ns_train(ctx: Ctx, method: str = "splatfacto-argp", extra=(), scene: Optional[Path] = None) -> str:
-    argv = train_args(method, scene or ctx.scene, ctx.out, extra)
+def ns_train(ctx: Ctx, method: str = "splatfacto-argp", extra=(), scene: Optional[Path] = None, out: Optional[Path] = None) -> str:
+    argv = train_args(method, scene or ctx.scene, out or ctx.out, extra)
     return exit_message(lambda: train_main(argv))
 
 
@@ -280,6 +280,8 @@ CASES: Dict[str, tuple] = {
                                        "argp_ns: score 'nonsense' is not valid; use 'safeguard'"),
     "train-score-backend-cuda-on-cpu": (lambda c: ns_train(c, extra=["--pipeline.model.score-backend=cuda"]),
                                         "argp_ns: score-backend cuda needs a CUDA device (this run trains on cpu)"),
+    "train-output-under-a-file": (lambda c: ns_train(c, out=a_file(c) / "outputs"),
+                                  "argp_ns: ns-train --output-dir: cannot create "),
     "train-empty-data-folder": (lambda c: ns_train(c, scene=empty_data(c)), "No such file or directory: "),
     "train-missing-images": (lambda c: ns_train(c, scene=data_without_images(c)), "No such file or directory: "),
     "train-resume-no-intact-checkpoint": (
