@@ -19,6 +19,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from argp_ns import gsplat_compat
 from argp_ns.cuda import MAX_K
 from argp_ns.scores import ScoreSpec
 
@@ -79,6 +80,9 @@ def check_model(model_config, max_steps: int, device_type: Optional[str] = None)
 
     if not isinstance(model_config, LeanModelConfig):
         return
+    problem = gsplat_compat.version_problem()
+    if problem:
+        raise ConfigError(problem)
     if hasattr(model_config, "score"):
         check_score(model_config.score)
     device = device_type or ("cuda" if torch.cuda.is_available() else "cpu")

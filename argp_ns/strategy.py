@@ -4,7 +4,8 @@ Like gsplat's strategies they decide from the parameters, the per-Gaussian state
 gsplat's ops keep aligned) and the scores they are handed; they never render. The model runs the
 score pass (:mod:`argp_ns.scoring`) when :meth:`scores_due` says so and hands the result to
 :meth:`score_round`. Every removal goes through :func:`gsplat.strategy.ops.remove` with the full
-optimizer dict, so Adam moments and state stay aligned, and is recorded in ``state["events"]``.
+optimizer dict, so Adam moments and state stay aligned, and is recorded in ``state["events"]``. The private
+``DefaultStrategy`` hooks overridden here (``_update_state``, ``_prune_gs``) are gsplat 1.4's (:mod:`argp_ns.gsplat_compat`).
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ import math
 from typing import Dict, Iterator, Optional, Tuple
 
 import torch
-from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci, _spherical_harmonics
 from torch import Tensor
+
+from argp_ns.gsplat_compat import fully_fused_projection_torch, quat_scale_to_covar_preci_torch, spherical_harmonics_torch
 
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
@@ -49,8 +50,8 @@ def project(
     rasterize_mode: str = "classic",
 ) -> Dict[str, Tensor]:
     """gsplat's EWA projection (its own pure-torch code): radii, means2d, depths, conics, opacities [C,N]."""
-    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)
-    radii, means2d, depths, conics, comp = _fully_fused_projection(
+    covars, _ = quat_scale_to_covar_preci_torch(quats, scales, compute_covar=True, compute_preci=False)
+    radii, means2d, depths, conics, comp = fully_fused_projection_torch(
         means, covars, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
         calc_compensations=rasterize_mode == "antialiased",
     )
@@ -69,7 +70,7 @@ def view_colors(means: Tensor, colors: Tensor, viewmats: Tensor, radii: Tensor, 
     campos = torch.linalg.inv(viewmats)[:, :3, 3]
     dirs = means[None] - campos[:, None]
     coeffs = colors if colors.dim() == 4 else colors.unsqueeze(0).expand(C, -1, -1, -1)
-    rgb = _spherical_harmonics(sh_degree, dirs, coeffs)
+    rgb = spherical_harmonics_torch(sh_degree, dirs, coeffs)
     rgb = torch.where((radii > 0)[..., None], rgb, torch.zeros_like(rgb))
     return torch.clamp_min(rgb + 0.5, 0.0)
 

@@ -414,3 +414,18 @@ def test_a_bad_ns_train_prints_no_config_dump(demo_scene, tmp_path):
     assert "TrainerConfig(" not in proc.stdout + proc.stderr and "_target=" not in proc.stdout, proc.stdout[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == "argp_ns: prune_quantile must be in (0, 1), got 0.0"
     assert not (tmp_path / "out").exists()
+
+
+def test_another_gsplat_stops_ns_train_at_start_in_one_line(demo_scene, tmp_path, monkeypatch):
+    """The private gsplat API the plugin uses is 1.4's (argp_ns.gsplat_compat): another release stops ns-train on our
+    methods before anything is written, instead of training wrongly."""
+    import gsplat
+
+    from argp_ns.gsplat_compat import version_problem
+
+    assert version_problem("1.4.0") is None and version_problem("1.4.2+cu124") is None and version_problem() is None
+    monkeypatch.setattr(gsplat, "__version__", "1.5.3")
+    ctx = Ctx(run=tmp_path, scene=demo_scene, tmp=tmp_path, out=tmp_path / "out")
+    assert ns_train(ctx) == ("argp_ns: gsplat 1.5.3 is installed; argp_ns is written for gsplat 1.4.0 (1.5 changed radii "
+                             "to [C, N, 2] and never resets opacity): pip install gsplat==1.4.0")
+    assert not ctx.out.exists()
