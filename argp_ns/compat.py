@@ -1,4 +1,6 @@
-"""Make nerfstudio 1.1.5 work with current torch and on offline machines, for every splatfacto method.
+"""Make nerfstudio 1.1.5 work with current torch and on offline machines, for every splatfacto method; and the
+places where this plugin reaches into nerfstudio 1.1.5's scripts (the checkpoint loader ``eval_setup`` calls, the
+script objects of ns-eval and ns-export on the call stack).
 
 Two process-wide fixes, applied once when ``argp_ns`` is imported (nerfstudio imports it through the
 method entry point before any ns-* tool builds a model or loads a checkpoint):
@@ -18,8 +20,11 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
+import time
 import warnings
-from typing import Dict, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -122,3 +127,52 @@ def install() -> None:
 
     if not getattr(SplatfactoModel.get_image_metrics_and_images, "__argp_ns_wrapped__", False):
         SplatfactoModel.get_image_metrics_and_images = _wrap_image_metrics(SplatfactoModel.get_image_metrics_and_images)
+
+
+# --- nerfstudio 1.1.5's script objects, found on the call stack ------------------------------------------------------
+
+_IMPORTED_AT = time.time()
+EVAL_SCRIPT = ("nerfstudio.scripts.eval", "ComputePSNR")
+EXPORT_SCRIPT = ("nerfstudio.scripts.exporter", "Exporter")
+"""nerfstudio's script classes (module, name) whose instance loads a run through ``eval_setup``."""
+
+
+def guard_eval_checkpoints(before: Callable[[Any], None]) -> None:
+    """Wrap nerfstudio's ``eval_load_checkpoint`` (once ``nerfstudio.utils.eval_utils`` is imported) so that
+    ``before(config)`` runs first, for every run ``eval_setup`` loads (ns-eval, ns-export, ns-viewer)."""
+    eval_utils = sys.modules.get("nerfstudio.utils.eval_utils")
+    load = getattr(eval_utils, "eval_load_checkpoint", None)  # absent while eval_utils is still importing
+    if load is None or getattr(load, "__argp_ns_wrapped__", False):
+        return
+
+    @functools.wraps(load)
+    def eval_load_checkpoint(config, pipeline):
+        before(config)
+        return load(config, pipeline)
+
+    eval_load_checkpoint.__argp_ns_wrapped__ = True
+    eval_utils.eval_load_checkpoint = eval_load_checkpoint
+
+
+def calling_script(*scripts: Tuple[str, str]) -> Optional[Any]:
+    """The instance of one of ``scripts`` ((module, class name), looked up only if the module is imported) whose
+    method is running further up the call stack (the nearest), or None."""
+    classes = tuple(cls for module, name in scripts if isinstance(cls := getattr(sys.modules.get(module), name, None), type))
+    frame = sys._getframe(1)
+    while classes and frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, classes):
+            return owner
+        frame = frame.f_back
+    return None
+
+
+def remove_new_export_dir() -> None:
+    """``ns-export`` makes its output folder before it loads the run: remove it if it is empty and not older
+    than this process's import of argp_ns (so a folder the user made before is kept)."""
+    exporter = calling_script(EXPORT_SCRIPT)
+    if exporter is None:
+        return
+    out = Path(exporter.output_dir)
+    if out.is_dir() and not any(out.iterdir()) and out.stat().st_mtime >= _IMPORTED_AT - 2.0:
+        out.rmdir()

@@ -15,16 +15,13 @@ the output paths of the ``ns-eval`` or ``ns-export`` loading it before the pipel
 from __future__ import annotations
 
 import dataclasses
-import functools
 import shutil
 import signal
-import sys
 import threading
-import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional, Tuple, Type
+from typing import Any, Dict, Literal, Type
 
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
@@ -32,15 +29,12 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from argp_ns.checks import (CHECKPOINT, ConfigError, check_dataset, check_device, check_eval_output, check_export_dir,
                             check_model, check_run_data, check_writable, checkpoint_readable, resolve_checkpoint, unreadable)
+from argp_ns.compat import EVAL_SCRIPT, EXPORT_SCRIPT, calling_script, guard_eval_checkpoints, remove_new_export_dir
 
-_IMPORTED_AT = time.time()
 _CHECKED: "weakref.WeakValueDictionary[int, ArgpTrainerConfig]" = weakref.WeakValueDictionary()
 """The configs :meth:`ArgpTrainerConfig.checked` has checked, by id."""
 _NEW_RUN_DIRS: Dict[Path, Path] = {}
 """Run folder -> the outermost folder that :meth:`ArgpTrainerConfig.save_config` created for it in this process."""
-EVAL_SCRIPT = ("nerfstudio.scripts.eval", "ComputePSNR")
-EXPORT_SCRIPT = ("nerfstudio.scripts.exporter", "Exporter")
-"""nerfstudio's script classes (module, name) whose instance loads a run through ``eval_setup``."""
 
 
 def fail(err: ConfigError) -> SystemExit:
@@ -122,7 +116,7 @@ class ArgpTrainerConfig(TrainerConfig):
         """Loading a run's config.yml (PyYAML and copy call this): arm the checkpoint check of ``eval_setup`` and
         check the outputs of the ``ns-eval`` or ``ns-export`` that loads it, before it builds the pipeline."""
         self.__dict__.update(state)
-        guard_eval_checkpoints()
+        guard_eval_checkpoints(check_loaded_checkpoint)
         check_script_outputs(self)
 
 
@@ -204,39 +198,16 @@ def as_argp_config(config: TrainerConfig) -> ArgpTrainerConfig:
     return ArgpTrainerConfig(**values)
 
 
-def guard_eval_checkpoints() -> None:
-    """Wrap nerfstudio's ``eval_load_checkpoint`` (once it is imported): for our runs, a missing or unreadable
-    checkpoint ends in one line instead of torch's traceback, and the empty folder ``ns-export`` made is removed."""
-    eval_utils = sys.modules.get("nerfstudio.utils.eval_utils")
-    load = getattr(eval_utils, "eval_load_checkpoint", None)  # absent while eval_utils is still importing
-    if load is None or getattr(load, "__argp_ns_wrapped__", False):
-        return
-
-    @functools.wraps(load)
-    def eval_load_checkpoint(config, pipeline):
-        if isinstance(config, ArgpTrainerConfig):
-            try:
-                resolve_checkpoint(config.load_dir, config.load_step, fall_back=False)
-            except ConfigError as err:
-                remove_new_export_dir()
-                raise fail(err) from None
-        return load(config, pipeline)
-
-    eval_load_checkpoint.__argp_ns_wrapped__ = True
-    eval_utils.eval_load_checkpoint = eval_load_checkpoint
-
-
-def calling_script(*scripts: Tuple[str, str]) -> Optional[Any]:
-    """The instance of one of ``scripts`` ((module, class name), looked up only if the module is imported) whose
-    method is running further up the call stack (the nearest), or None."""
-    classes = tuple(cls for module, name in scripts if isinstance(cls := getattr(sys.modules.get(module), name, None), type))
-    frame = sys._getframe(1)
-    while classes and frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, classes):
-            return owner
-        frame = frame.f_back
-    return None
+def check_loaded_checkpoint(config) -> None:
+    """Before nerfstudio's ``eval_load_checkpoint`` (wrapped by :func:`compat.guard_eval_checkpoints`): for our runs,
+    a missing or unreadable checkpoint ends in one line instead of torch's traceback, and the empty folder ns-export
+    made is removed."""
+    if isinstance(config, ArgpTrainerConfig):
+        try:
+            resolve_checkpoint(config.load_dir, config.load_step, fall_back=False)
+        except ConfigError as err:
+            remove_new_export_dir()
+            raise fail(err) from None
 
 
 def check_script_outputs(config: "ArgpTrainerConfig") -> None:
@@ -257,14 +228,3 @@ def check_script_outputs(config: "ArgpTrainerConfig") -> None:
         except ConfigError as err:
             remove_new_export_dir()
             raise fail(err) from None
-
-
-def remove_new_export_dir() -> None:
-    """``ns-export`` makes its output folder before it loads the run: remove it if it is empty and not older
-    than this process's import of argp_ns (so a folder the user made before is kept)."""
-    exporter = calling_script(EXPORT_SCRIPT)
-    if exporter is None:
-        return
-    out = Path(exporter.output_dir)
-    if out.is_dir() and not any(out.iterdir()) and out.stat().st_mtime >= _IMPORTED_AT - 2.0:
-        out.rmdir()
