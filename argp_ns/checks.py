@@ -14,18 +14,13 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 from typing import List, Optional, Tuple
 
 import torch
 
-from argp_ns import gsplat_compat
-from argp_ns.cuda import MAX_K
-from argp_ns.scores import ScoreSpec
+from argp_ns import compat, gsplat_compat
 
 CHECKPOINT = re.compile(r"^step-(\d+)\.ckpt$")
-VALID_SCORES = ("'safeguard', 'efficientgs', a family code (3, 4, 8, 9, 36, 39, 40, 52, 57; hex like 0x24 too), or factors "
-                "joined by '*': a base (alpha_t, alpha, opacity_t, opacity), optionally exp, and a colour term (l1, cosine, exp_l1)")
 
 
 class ConfigError(ValueError):
@@ -48,55 +43,25 @@ def check_data(data: Optional[Path]) -> None:
         raise ConfigError(f"the data path {data} does not exist")
 
 
-def check_score(score: str) -> None:
-    """A SafeguardGS score must parse; the message lists what is valid."""
-    try:
-        ScoreSpec.parse(score)
-    except ValueError:
-        raise ConfigError(f"score {score!r} is not valid; use {VALID_SCORES}") from None
-
-
-def model_strategy(model_config):
-    """The pruning strategy a model of this config would build, from the config alone (no data, no
-    parameters): the model class's own ``splatfacto_strategy_kwargs`` and ``make_strategy`` on a stand-in
-    that has only the config."""
-    model_cls = model_config._target
-    stand_in = SimpleNamespace(config=model_config, num_train_data=1)
-    return model_cls.make_strategy(stand_in, model_cls.splatfacto_strategy_kwargs(stand_in))
-
-
-def check_top_k(top_k: int, score_backend: str, device_type: str) -> None:
-    """The CUDA score pass keeps at most MAX_K Gaussians per pixel: a larger top-k on a CUDA device needs the
-    PyTorch twin, asked for by name (``auto`` would pick the kernel and fail at the prune, hours in)."""
-    if top_k > MAX_K and device_type == "cuda" and score_backend != "torch":
-        raise ConfigError(f"top_k must be at most {MAX_K} for the CUDA score pass, got {top_k}; "
-                          "the PyTorch twin takes any k: --pipeline.model.score-backend torch (slow)")
-
-
 def check_model(model_config, max_steps: int, device_type: Optional[str] = None) -> None:
-    """Our model flags (score, top-k for the score pass on ``device_type`` (default: cuda where there is a GPU),
-    ratios, schedule against the run's ``max_steps``); other models pass."""
+    """Our model flags, by their options' own validation (:mod:`argp_ns.options`, run by the strategy the config
+    builds, against the run's ``max_steps``) and the score backend against ``device_type`` (default: cuda where there
+    is a GPU); the gsplat and nerfstudio versions. Other models pass."""
     from argp_ns.model import LeanModelConfig
+    from argp_ns.options import BackendOption
 
     if not isinstance(model_config, LeanModelConfig):
         return
-    problem = gsplat_compat.version_problem()
+    problem = gsplat_compat.version_problem() or compat.version_problem()
     if problem:
         raise ConfigError(problem)
-    if hasattr(model_config, "score"):
-        check_score(model_config.score)
     device = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
-    if getattr(model_config, "score_backend", "auto") == "cuda" and device != "cuda":
-        raise ConfigError(f"score-backend cuda needs a CUDA device (this run trains on {device}); use "
-                          "--pipeline.model.score-backend auto or torch")
-    if hasattr(model_config, "top_k"):
-        check_top_k(model_config.top_k, model_config.score_backend, device)
     if not getattr(model_config, "scored_prune", True) and getattr(model_config, "budget", 0):
         raise ConfigError("budget needs the scored prune: drop --pipeline.model.scored-prune False or the budget")
     try:
-        if hasattr(model_config, "check"):
-            model_config.check()
-        model_strategy(model_config).check_config(max_steps)
+        model_config.build_strategy(num_train_data=1).check_config(max_steps)
+        if isinstance(model_config, BackendOption):
+            model_config.validate_backend(device, getattr(model_config, "top_k", 1))
     except ValueError as err:
         raise ConfigError(str(err)) from None
 

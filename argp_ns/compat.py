@@ -1,6 +1,6 @@
 """Make nerfstudio 1.1.5 work with current torch and on offline machines, for every splatfacto method; and the
 places where this plugin reaches into nerfstudio 1.1.5's scripts (the checkpoint loader ``eval_setup`` calls, the
-script objects of ns-eval and ns-export on the call stack).
+options of the running ns-eval or ns-export, parsed again from its command line).
 
 Two process-wide fixes, applied once when ``argp_ns`` is imported (nerfstudio imports it through the
 method entry point before any ns-* tool builds a model or loads a checkpoint):
@@ -30,6 +30,25 @@ import numpy as np
 import torch
 
 _installed = False
+
+WRITTEN_FOR = "1.1.5"
+"""The nerfstudio release whose internals this module patches and reads (any 1.1.x patch release is taken)."""
+
+
+def version_problem(version: Optional[str] = None) -> Optional[str]:
+    """None when ``version`` (default: the installed nerfstudio's) is a 1.1.x release, else the one-line reason."""
+    if version is None:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
+        try:
+            version = installed("nerfstudio")
+        except PackageNotFoundError:
+            version = "unknown"
+    if version.split("+")[0].split(".")[:2] == WRITTEN_FOR.split(".")[:2]:
+        return None
+    return (f"nerfstudio {version} is installed; argp_ns is written for nerfstudio {WRITTEN_FOR} (its splatfacto, "
+            f"eval_setup and checkpoint layout): pip install nerfstudio=={WRITTEN_FOR}")
 
 
 def checkpoint_safe_globals() -> list:
@@ -129,12 +148,28 @@ def install() -> None:
         SplatfactoModel.get_image_metrics_and_images = _wrap_image_metrics(SplatfactoModel.get_image_metrics_and_images)
 
 
-# --- nerfstudio 1.1.5's script objects, found on the call stack ------------------------------------------------------
+# --- nerfstudio 1.1.5's ns-eval and ns-export: their options, from their own command line ---------------------------
 
 _IMPORTED_AT = time.time()
-EVAL_SCRIPT = ("nerfstudio.scripts.eval", "ComputePSNR")
-EXPORT_SCRIPT = ("nerfstudio.scripts.exporter", "Exporter")
-"""nerfstudio's script classes (module, name) whose instance loads a run through ``eval_setup``."""
+SCRIPTS = {"ns-eval": ("nerfstudio.scripts.eval", "ComputePSNR"), "ns-export": ("nerfstudio.scripts.exporter", "Commands")}
+"""nerfstudio's scripts that load a run through ``eval_setup``: console-script name -> (module, the type its
+``entrypoint`` hands ``tyro.cli``)."""
+
+
+def running_script() -> Optional[Any]:
+    """The options object of the ns-eval or ns-export this process runs (``ns-eval ...``, ``ns-export ...`` or
+    ``python -m nerfstudio.scripts.eval ...``): its command line, ``sys.argv``, parsed again by the script's own tyro
+    parser, so it equals the object the script runs with; None in any other process."""
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = Path(sys.argv[0]).name if sys.argv else ""
+    for script, (module, attr) in SCRIPTS.items():
+        if name == script or getattr(main_spec, "name", None) == module:
+            import importlib
+
+            import tyro
+
+            return tyro.cli(getattr(importlib.import_module(module), attr), args=sys.argv[1:])
+    return None
 
 
 def guard_eval_checkpoints(before: Callable[[Any], None]) -> None:
@@ -154,24 +189,11 @@ def guard_eval_checkpoints(before: Callable[[Any], None]) -> None:
     eval_utils.eval_load_checkpoint = eval_load_checkpoint
 
 
-def calling_script(*scripts: Tuple[str, str]) -> Optional[Any]:
-    """The instance of one of ``scripts`` ((module, class name), looked up only if the module is imported) whose
-    method is running further up the call stack (the nearest), or None."""
-    classes = tuple(cls for module, name in scripts if isinstance(cls := getattr(sys.modules.get(module), name, None), type))
-    frame = sys._getframe(1)
-    while classes and frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, classes):
-            return owner
-        frame = frame.f_back
-    return None
-
-
 def remove_new_export_dir() -> None:
     """``ns-export`` makes its output folder before it loads the run: remove it if it is empty and not older
     than this process's import of argp_ns (so a folder the user made before is kept)."""
-    exporter = calling_script(EXPORT_SCRIPT)
-    if exporter is None:
+    exporter = running_script()
+    if exporter is None or not hasattr(exporter, "output_dir"):
         return
     out = Path(exporter.output_dir)
     if out.is_dir() and not any(out.iterdir()) and out.stat().st_mtime >= _IMPORTED_AT - 2.0:

@@ -11,11 +11,11 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.models.splatfacto import SplatfactoModelConfig
-from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from argp_ns.datamanager import LeanDatamanagerConfig
 from argp_ns.model import SplatfactoArgpModelConfig, SplatfactoMcmcModelConfig, SplatfactoSafeguardModelConfig
+from argp_ns.pipeline import PruningPipelineConfig
 from argp_ns.train_step import FusedAdamOptimizerConfig
 from argp_ns.trainer import ArgpTrainerConfig
 
@@ -46,7 +46,7 @@ def splatfacto_trainer(method_name: str, model: SplatfactoModelConfig) -> Traine
         steps_per_eval_all_images=1000,
         max_num_iterations=30000,
         mixed_precision=False,
-        pipeline=VanillaPipelineConfig(
+        pipeline=PruningPipelineConfig(
             datamanager=LeanDatamanagerConfig(
                 dataparser=NerfstudioDataParserConfig(load_3D_points=True), cache_images_type="uint8"
             ),

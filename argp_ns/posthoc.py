@@ -15,7 +15,6 @@ import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import yaml
@@ -24,10 +23,11 @@ from nerfstudio.models.splatfacto import SplatfactoModelConfig
 
 from argp_ns.checks import ConfigError, check_model, check_run_data, check_writable, resolve_checkpoint
 from argp_ns.model import SplatfactoSafeguardModelConfig
-from argp_ns.strategy import PruneError, check_budget, prune, remove_all_but
+from argp_ns.options import BackendOption, PruneMethod, ScoreRuleOptions, options_of
+from argp_ns.pipeline import as_pruning_pipeline
+from argp_ns.pruning import PruningLoop
+from argp_ns.strategy import PruneError, check_budget, prune
 from argp_ns.trainer import as_argp_config
-
-Method = Literal["safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat", "argp"]
 
 
 class PosthocError(RuntimeError):
@@ -42,7 +42,7 @@ def as_flag(message: str) -> str:
 
 def load_run(load_config: Path, **overrides):
     """Load a finished splatfacto-family run as a ``splatfacto-safeguard`` model (its splatfacto fields kept,
-    ``overrides`` set), with its datamanager attached for the score pass: (config, pipeline, checkpoint, step)."""
+    ``overrides`` set): (config, pipeline, checkpoint, step, the pruning loop of its model and datamanager)."""
     from nerfstudio.utils.eval_utils import eval_setup
 
     def swap(c: TrainerConfig) -> TrainerConfig:
@@ -54,39 +54,22 @@ def load_run(load_config: Path, **overrides):
         config, pipeline, ckpt, step = eval_setup(load_config, test_mode="test", update_config_callback=swap)
     except (RuntimeError, KeyError, ValueError) as err:
         raise PosthocError(f"the checkpoint does not match its config ({str(err).splitlines()[0][:200]})") from None
-    pipeline.model._datamanager = pipeline.datamanager
-    return config, pipeline, ckpt, step
+    return config, pipeline, ckpt, step, PruningLoop(pipeline.model, pipeline.datamanager)
 
 
-@dataclass
-class Prune:
-    """Score a finished run over its training views, prune it once, write a new run."""
+@dataclass(kw_only=True)
+class Prune(ScoreRuleOptions, BackendOption):
+    """Score a finished run over its training views, prune it once, write a new run (the rule's options:
+    :class:`argp_ns.options.ScoreRuleOptions`, as ``splatfacto-safeguard`` has them)."""
 
     load_config: Path
     """config.yml of the finished run (splatfacto, splatfacto-argp, splatfacto-safeguard, ...)."""
     output_dir: Path
     """Where the new run goes (must not exist)."""
-    method: Method = "safeguard"
+    method: PruneMethod = "safeguard"
     """safeguard / efficientgs (per-pixel top-k), lightgaussian, minisplatting, radsplat, or argp (keep by recovery score)."""
-    top_k: int = 1
-    """safeguard / efficientgs: keep every Gaussian that is among some pixel's top-k (k >= 1; 1..32 on the CUDA pass)."""
-    score: str = "safeguard"
-    """safeguard: the score ranking each pixel's Gaussians: safeguard (alpha_t*l1, code 36), efficientgs (alpha_t), a family code (3, 4, 8, 9, 36, 39, 40, 52, 57) or factors joined by '*' (alpha_t|alpha|opacity_t|opacity, exp, l1|cosine|exp_l1)."""
-    topk_scope: Literal["pixel", "tile"] = "pixel"
-    """safeguard / efficientgs: pixel (the paper: each pixel's top-k) or tile (the released CUDA: per-tile top-k of per-batch last contributors)."""
-    keep_ratio: float = 0.1
-    """minisplatting and argp: fraction of the Gaussians kept, in (0, 1)."""
-    prune_ratio: float = 0.6
-    """lightgaussian: fraction of the Gaussians pruned (the lowest significance), in (0, 1)."""
-    radsplat_threshold: float = 0.01
-    """radsplat: prune the Gaussians whose largest blending weight over all training rays is below this (> 0; 0.25 for RadSplat-Light)."""
-    score_backend: Literal["auto", "cuda", "torch"] = "auto"
-    """Score pass: the CUDA kernel where it builds (auto, cuda) or the PyTorch twin (torch; the CPU always uses the twin)."""
     finetune_steps: int = 0
     """Train the pruned model this many more steps (no densification, no further prune); 0: prune only."""
-    budget: int = 0
-    """Number of Gaussians to keep (0: off): the best by the method's own importance, in place of its ratio or
-    threshold (safeguard / efficientgs: the top-k union first, by pixels won, then by summed score)."""
 
     def main(self) -> None:
         try:
@@ -117,13 +100,10 @@ class Prune:
 
     def _overrides(self) -> dict:
         """The ``splatfacto-safeguard`` model settings this prune runs with."""
-        return dict(prune_method="minisplatting" if self.method == "argp" else self.method, top_k=self.top_k,
-                    score=self.score, topk_scope=self.topk_scope, keep_ratio=self.keep_ratio,
-                    prune_ratio=self.prune_ratio, radsplat_threshold=self.radsplat_threshold, score_backend=self.score_backend,
-                    budget=self.budget)
+        return dict(prune_method=self.method, score_backend=self.score_backend, **options_of(self, ScoreRuleOptions))
 
     def _check_flags(self) -> None:
-        """The flags, by the checks training runs (the strategy's ``check_config``), named as this command's flags."""
+        """The flags, by the checks training runs (:func:`argp_ns.checks.check_model`), named as this command's flags."""
         model = SplatfactoSafeguardModelConfig(**self._overrides())
         try:
             check_model(model, max_steps=model.prune_step + 1)  # a post-hoc prune has no schedule to fit in
@@ -146,7 +126,7 @@ class Prune:
 
     def run(self) -> Path:
         self._check()
-        config, pipeline, ckpt, step = load_run(self.load_config, **self._overrides())
+        config, pipeline, ckpt, step, loop = load_run(self.load_config, **self._overrides())
         model = pipeline.model
         n_before = model.num_points
         if self.budget:
@@ -154,14 +134,14 @@ class Prune:
                 check_budget(self.budget, n_before, self.method)
             except PruneError as err:
                 raise PosthocError(f"{err}; nothing was written") from None
-        psnr_before = model.eval_psnr()
-        scores = self._scores(model)
-        mask = self._mask(model, scores)
+        psnr_before = loop.eval_psnr()
+        scores = loop.score(**model.strategy.pass_options(step))
+        mask = model.strategy.prune_mask(model.gauss_params, scores)
         saved = torch.load(ckpt, map_location="cpu")
         optimizers = self._saved_optimizers(model, saved.get("optimizers", {}))
         event = prune(model.gauss_params, optimizers, model.strategy_state, mask, step, self.method)
         model.prune_events.append(event)
-        psnr_after = model.eval_psnr()
+        psnr_after = loop.eval_psnr()
         saved["optimizers"] = {**saved.get("optimizers", {}), **{k: o.state_dict() for k, o in optimizers.items()}}
         out, run_dir = self._write(config, pipeline, step, ckpt, saved)
         fmt = lambda v: "absent" if v is None else f"{v:.2f} dB"  # noqa: E731
@@ -169,8 +149,8 @@ class Prune:
               f"({100.0 * model.num_points / n_before:.1f}%); eval PSNR {fmt(psnr_before)} -> {fmt(psnr_after)}")
         if self.finetune_steps:
             tuned = self._finetune(out)
-            print(f"argp-ns prune: fine-tuned {self.finetune_steps} steps: {tuned.num_points:,} Gaussians; "
-                  f"eval PSNR {fmt(psnr_after)} -> {fmt(tuned.eval_psnr())}")
+            print(f"argp-ns prune: fine-tuned {self.finetune_steps} steps: {tuned.model.num_points:,} Gaussians; "
+                  f"eval PSNR {fmt(psnr_after)} -> {fmt(tuned.pruning.eval_psnr())}")
         print(f"  new run: {run_dir / 'config.yml'}")
         return run_dir
 
@@ -194,21 +174,12 @@ class Prune:
         trainer = ft.setup(local_rank=0, world_size=1)
         trainer.setup()
         trainer.train()
-        return trainer.pipeline.model
-
-    def _scores(self, model):
-        return model.score_training_views(recovery=self.method == "argp")
-
-    def _mask(self, model, scores) -> torch.Tensor:
-        if self.method == "argp":
-            s = scores["recovery"]
-            n_keep = self.budget or max(1, int(round(self.keep_ratio * s.numel())))
-            return remove_all_but(torch.sort(s, descending=True, stable=True).indices[:n_keep], s.numel())
-        return model.strategy.prune_mask(model.gauss_params, scores)
+        return trainer.pipeline
 
     def _write(self, config: TrainerConfig, pipeline, step: int, ckpt: Path, saved: dict):
         """The new run (config.yml, dataparser transforms, checkpoint); a failed write leaves no output folder."""
         out = as_argp_config(copy.deepcopy(config))
+        out.pipeline = as_pruning_pipeline(out.pipeline)
         out.method_name = "splatfacto-safeguard"
         out.output_dir = self.output_dir
         out.timestamp = "pruned"

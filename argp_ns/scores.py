@@ -22,6 +22,7 @@ For one pixel p and its Gaussians front to back (gsplat's tile list; contributor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Dict, Optional, Tuple, Union
 
 import torch
@@ -32,8 +33,27 @@ from argp_ns.twin import ALPHA_MIN, T_MIN, gaussian_alpha
 BASES = ("one", "opacity", "alpha", "opacity_t", "alpha_t")
 DISTANCES = ("none", "exp")
 COLOURS = ("none", "cosine", "l1", "exp_l1")
-NAMED = {"safeguard": 0x24, "efficientgs": 0x04}
 TILE_BATCH = 256
+
+
+class PaperScore(IntEnum):
+    """The family members the SafeguardGS paper evaluates, by their bitmask code ``16 * colour + 5 * distance + base``."""
+
+    OPACITY_T = 3
+    EFFICIENTGS = 4  # alpha_t
+    EXP_OPACITY_T = 8
+    EXP_ALPHA_T = 9
+    SAFEGUARD = 36  # alpha_t * l1
+    ALPHA_EXP_L1 = 39
+    OPACITY_T_EXP_L1 = 40
+    ALPHA_T_EXP_L1 = 52
+    ALPHA_T_EXP_EXP_L1 = 57
+
+
+NAMED = {"safeguard": PaperScore.SAFEGUARD, "efficientgs": PaperScore.EFFICIENTGS}
+VALID_SCORES = (f"'safeguard', 'efficientgs', a family code ({', '.join(str(int(c)) for c in PaperScore)}; hex like 0x24 "
+                "too), or factors joined by '*': a base (alpha_t, alpha, opacity_t, opacity), optionally exp, and a colour "
+                "term (l1, cosine, exp_l1)")
 
 
 @dataclass(frozen=True)

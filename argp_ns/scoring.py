@@ -117,9 +117,7 @@ def score_views(
     :func:`argp_ns.scores.empty_totals`'s, filled alike by both backends (a budget's wins and sum_score too)."""
     if k < 1:
         raise ValueError(f"top-k must be >= 1, got {k}")
-    used = choose_backend(means.device, backend)
-    if used == "cuda" and k > kernel.MAX_K:
-        raise ValueError(f"the CUDA pass supports k <= {kernel.MAX_K}, got {k}")
+    used = choose_backend(means.device, backend)  # the kernel refuses k > MAX_K (a run checks it at start: options.py)
     totals = empty_totals(means.shape[0], means.device)
     result = ScorePassResult(totals=totals, backend=used)
     t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """Pruning strategies: gsplat ``DefaultStrategy`` subclasses for ARGP and SafeguardGS, and the MCMC baseline.
 
-Like gsplat's strategies they decide from the parameters, the per-Gaussian state (a plain dict that
+Each strategy's options are the fields of the dataclass of :mod:`argp_ns.options` it inherits (declared, documented
+and validated there once; ``check_config`` runs that validation). Like gsplat's strategies they decide from the parameters, the per-Gaussian state (a plain dict that
 gsplat's ops keep aligned) and the scores they are handed; they never render. The model runs the
 score pass (:mod:`argp_ns.scoring`) when :meth:`scores_due` says so and hands the result to
 :meth:`score_round`. Every removal goes through :func:`gsplat.strategy.ops.remove` with the full
@@ -11,7 +12,7 @@ optimizer dict, so Adam moments and state stay aligned, and is recorded in ``sta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from gsplat.strategy import DefaultStrategy, Strategy
@@ -19,14 +20,11 @@ from gsplat.strategy.ops import remove
 from torch import Tensor
 
 from argp_ns import mcmc_ops
+from argp_ns.options import ArgpOptions, McmcOptions, SafeguardOptions
+from argp_ns.scores import ScoreSpec
 
-IrpMode = Literal["moments", "frozen", "hidden"]
-PruneMethod = Literal["safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat"]
-IrpPreset = Literal["balanced", "released", "earlier"]
-FinalRound = Literal["irp", "safeguard"]
-IRP_PRESETS: Dict[str, Tuple[float, float]] = {"balanced": (0.7, 0.5), "released": (0.7, 0.4), "earlier": (0.5, 0.35)}
-"""(mark_ratio, recover_ratio) over six rounds: balanced, this plugin's default (about 23 % of the count at the first
-round is left), the official code's last commit (about 14.9 %) and its earlier commits (about 20.4 %)."""
+PassOptions = Dict[str, Any]
+"""What a round asks of the score pass: {"spec": ScoreSpec, "k": top-k, "tile_scope": bool, "recovery": bool}."""
 
 
 class PruneError(ValueError):
@@ -81,18 +79,6 @@ def remove_all_but(kept: Tensor, n: int) -> Tensor:
     mask = torch.ones(n, dtype=torch.bool, device=kept.device)
     mask[kept] = False
     return mask
-
-
-MIN_BUDGET = 100
-"""The smallest ``budget`` a run accepts: below it a scene is a handful of splats, not a model."""
-
-
-def check_budget_flag(budget: int) -> None:
-    """A ``budget`` flag at start: 0 (off) or a whole count of at least MIN_BUDGET; ValueError (one line) otherwise."""
-    if budget < 0:
-        raise ValueError(f"budget must be a positive integer (0: off), got {budget}")
-    if 0 < budget < MIN_BUDGET:
-        raise ValueError(f"budget {budget} is below the floor of {MIN_BUDGET} Gaussians (a scene that small is degenerate)")
 
 
 def check_budget(budget: int, n: int, rule: str) -> None:
@@ -162,16 +148,30 @@ class SyncFreeStrategy(DefaultStrategy):
             torch.maximum(state["radii"], screen, out=state["radii"])
 
 
+    hides_blocked = False
+    """Whether the rows of :meth:`blocked` are also left out of training renders."""
+
+    def is_refine_step(self, step: int) -> bool:
+        """gsplat's grow-and-prune step (:func:`is_refine_step`)."""
+        return is_refine_step(self, step)
+
+    def blocked(self, state: Dict[str, Any]) -> Optional[Tensor]:
+        """Rows that get no update in training; None: every row trains."""
+        return None
+
+
 @dataclass
-class ArgpStrategy(SyncFreeStrategy):
-    """ARGP: Adaptive Opacity Pruning during densification, Iterative Recovery Pruning after it.
+class ArgpStrategy(SyncFreeStrategy, ArgpOptions):
+    """ARGP: Adaptive Opacity Pruning during densification, Iterative Recovery Pruning after it (options:
+    :class:`argp_ns.options.ArgpOptions`).
 
     AOP (at each refine step, after grow): prune ``sigmoid(opacity) < max(quantile(sigmoid(opacity), prune_quantile),
-    opacity_floor)`` (strict) instead of the absolute threshold (``opacity_floor`` 0: pure AOP, as published);
-    gsplat's scale / screen-size rules stay. ``prune_opa`` is
-    no longer a pruning threshold: it only sets the opacity-reset value ``2 * prune_opa``.
+    aop_opacity_floor)`` (strict) instead of the absolute threshold (``aop_opacity_floor`` 0: pure AOP, as published);
+    gsplat's scale / screen-size rules stay. ``prune_opa`` is no longer a pruning threshold: it is set to
+    ``reset_opacity_value / 2`` so that gsplat's opacity reset (to ``2 * prune_opa``) resets to ``reset_opacity_value``.
 
-    IRP (rounds R_0 < ... < R_last, every ``irp_every`` steps): R_0 marks the ``mark_ratio`` lowest-opacity
+    IRP (rounds R_0 < ... < R_last, every ``irp_every`` steps; (mark_ratio, recover_ratio) = :meth:`irp_ratios`):
+    R_0 marks the ``mark_ratio`` lowest-opacity
     Gaussians; each later round marks ``mark_ratio`` of the unmarked (R_last marks none), then among the
     previous candidates keeps those with recovery score above the ``1 - recover_ratio`` quantile and
     deletes the rest. Candidates in between are handled by ``irp_mode``: ``moments`` zeroes their Adam
@@ -190,48 +190,12 @@ class ArgpStrategy(SyncFreeStrategy):
     all Gaussians); with a budget, all but the N best by :func:`topk_ranking`. The rounds before it are unchanged.
     """
 
-    prune_quantile: float = 0.01
-    opacity_floor: float = 0.0
-    irp_start: int = 12000
-    irp_every: int = 3000
-    irp_last: int = 27000
-    mark_ratio: float = 0.7
-    recover_ratio: float = 0.4
-    irp_mode: IrpMode = "moments"
-    budget: int = 0
-    final_round: FinalRound = "irp"
-    top_k: int = 1
+    def __post_init__(self) -> None:
+        self.prune_opa = self.reset_opacity_value / 2.0
 
     def check_config(self, max_steps: int) -> None:
-        """Fail at start with one line on an invalid setting."""
-        for name in ("prune_quantile", "mark_ratio", "recover_ratio"):
-            v = getattr(self, name)
-            if not 0.0 < v < 1.0:
-                raise ValueError(f"{name} must be in (0, 1), got {v}")
-        if not 0.0 <= self.opacity_floor < 1.0:  # a floor of 1 would cull every Gaussian at the first refine step
-            raise ValueError(f"opacity_floor (aop-opacity-floor) must be in [0, 1), got {self.opacity_floor}")
-        if self.irp_every < 1:
-            raise ValueError(f"irp_every must be >= 1, got {self.irp_every}")
-        if not self.refine_stop_iter <= self.irp_start <= self.irp_last:
-            raise ValueError(
-                f"IRP rounds must start after densification and before the last round: "
-                f"refine_stop_iter={self.refine_stop_iter} <= irp_start={self.irp_start} <= irp_last={self.irp_last}"
-            )
-        if self.irp_last >= max_steps:
-            raise ValueError(f"irp_last={self.irp_last} must be before the last training step ({max_steps})")
-        if self.irp_mode not in ("moments", "frozen", "hidden"):
-            raise ValueError(f"irp_mode must be moments, frozen or hidden, got {self.irp_mode!r}")
-        check_budget_flag(self.budget)
-        if self.budget and len(self.irp_rounds()) < 2:
-            raise ValueError(f"budget needs at least two IRP rounds (irp_start={self.irp_start}, irp_last={self.irp_last})")
-        if self.final_round not in ("irp", "safeguard"):
-            raise ValueError(f"final_round must be irp or safeguard, got {self.final_round!r}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-
-    def irp_rounds(self) -> Tuple[int, ...]:
-        """Steps of the IRP rounds: irp_start, irp_start + irp_every, ..., up to irp_last."""
-        return tuple(range(self.irp_start, self.irp_last + 1, self.irp_every))
+        """Fail at start with one line on an invalid setting (:meth:`ArgpOptions.validate`)."""
+        self.validate(max_steps, self.refine_stop_iter)
 
     def round_due(self, step: int) -> bool:
         """True at the steps of the IRP rounds."""
@@ -257,7 +221,7 @@ class ArgpStrategy(SyncFreeStrategy):
         """AOP: activated opacity strictly below ``max(quantile(opacity, prune_quantile), opacity_floor)``, OR gsplat's
         3-D scale and screen-size rules."""
         opa = torch.sigmoid(params["opacities"].flatten())
-        is_prune = opa < torch.clamp(quantile(opa, self.prune_quantile), min=self.opacity_floor)
+        is_prune = opa < torch.clamp(quantile(opa, self.prune_quantile), min=self.aop_opacity_floor)
         if step > self.reset_every:
             is_prune |= torch.exp(params["scales"]).max(dim=-1).values > self.prune_scale3d * state["scene_scale"]
             if step < self.refine_scale2d_stop_iter:
@@ -270,7 +234,7 @@ class ArgpStrategy(SyncFreeStrategy):
         unmarked = ~state.get("irp_candidates", torch.zeros_like(opa, dtype=torch.bool))
         if not unmarked.any():
             return torch.zeros_like(unmarked)
-        return unmarked & (opa < quantile(opa[unmarked], self.mark_ratio))
+        return unmarked & (opa < quantile(opa[unmarked], self.irp_ratios()[0]))
 
     def score_round(self, params, optimizers, state: Dict[str, Any], step: int, scores: Optional[Dict[str, Tensor]]) -> List[Dict[str, Any]]:
         """One IRP round at ``step`` (see the class doc); ``scores["recovery"]`` is needed after R_0 (final round
@@ -312,7 +276,8 @@ class ArgpStrategy(SyncFreeStrategy):
             return delete
         if not c:
             return cand
-        r = solve_recover_ratio(n, c, self.mark_ratio, later, self.budget) if self.budget else self.recover_ratio
+        mark, recover = self.irp_ratios()
+        r = solve_recover_ratio(n, c, mark, later, self.budget) if self.budget else recover
         return cand & (s <= quantile(s[cand], 1.0 - r))
 
     def _budget_plan(self, step: int, n: int, c: int) -> str:
@@ -321,11 +286,12 @@ class ArgpStrategy(SyncFreeStrategy):
             return (f"argp_ns: step {step}: {n:,} Gaussians after densification, within the budget {self.budget:,}: "
                     f"no IRP deletion (AOP only)")
         later = len(self.irp_rounds()) - 2
-        r = solve_recover_ratio(n, c, self.mark_ratio, later, self.budget)
-        low = irp_final_count(n, c, self.mark_ratio, 0.0, later)
+        mark = self.irp_ratios()[0]
+        r = solve_recover_ratio(n, c, mark, later, self.budget)
+        low = irp_final_count(n, c, mark, 0.0, later)
         reach = f"; below the {low:,.0f} the schedule can reach: every candidate is deleted" if low > self.budget else ""
         return (f"argp_ns: step {step}: budget {self.budget:,} from {n:,} Gaussians: recover ratio {r:.4f} "
-                f"(mark ratio {self.mark_ratio}){reach}")
+                f"(mark ratio {mark}){reach}")
 
     def blocked(self, state: Dict[str, Any]) -> Optional[Tensor]:
         """Rows that get no update in training (frozen and hidden modes), else None."""
@@ -333,10 +299,22 @@ class ArgpStrategy(SyncFreeStrategy):
             return None
         return state.get("irp_candidates")
 
+    @property
+    def hides_blocked(self) -> bool:  # type: ignore[override]
+        """Hidden mode: the candidates are also left out of training renders."""
+        return self.irp_mode == "hidden"
+
+    def pass_options(self, step: int) -> PassOptions:
+        """The recovery score at every round, but the last one with a SafeguardGS final round (per-pixel top-k of
+        SafeguardGS's score only)."""
+        last = self.final_round == "safeguard" and step == self.irp_rounds()[-1]
+        return {"spec": ScoreSpec(), "k": self.top_k, "tile_scope": False, "recovery": not last}
+
 
 @dataclass
-class SafeguardStrategy(SyncFreeStrategy):
-    """SafeguardGS and the paper's baselines: one score-based prune at ``prune_step``.
+class SafeguardStrategy(SyncFreeStrategy, SafeguardOptions):
+    """SafeguardGS and the paper's baselines: one score-based prune at ``prune_step`` (options:
+    :class:`argp_ns.options.SafeguardOptions`).
 
     - ``safeguard``: keep the Gaussians that are among the per-pixel top-``top_k`` by the score family
       member of the pass (OR over pixels and views; ``tile`` scope: per-tile records as released);
@@ -345,41 +323,19 @@ class SafeguardStrategy(SyncFreeStrategy):
       prune the lowest ``prune_ratio``;
     - ``minisplatting``: importance = sum over pixels and views of w; keep ``keep_ratio`` (top, or sampled
       in proportion to importance);
-    - ``radsplat``: prune max over rays of w < ``radsplat_threshold``.
+    - ``radsplat``: prune max over rays of w < ``radsplat_threshold``;
+    - ``argp``: ARGP's recovery score (``scores["recovery"]``) once: keep the ``keep_ratio`` highest.
 
     Budget (``budget`` N > 0): each rule keeps exactly its N best by :meth:`ranking` (minisplatting with sampling:
     N sampled) instead of its own threshold or ratio; a budget not below the count at the prune removes nothing
     (one line).
     """
 
-    prune_step: int = 20000
-    prune_method: PruneMethod = "safeguard"
-    top_k: int = 1
-    topk_scope: Literal["pixel", "tile"] = "pixel"
-    prune_ratio: float = 0.6
-    keep_ratio: float = 0.1
-    minisplatting_sampling: bool = False
-    radsplat_threshold: float = 0.01
     seed: int = 0
-    budget: int = 0
 
     def check_config(self, max_steps: int) -> None:
-        """Fail at start with one line on an invalid setting."""
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        for name in ("prune_ratio", "keep_ratio"):
-            v = getattr(self, name)
-            if not 0.0 < v < 1.0:
-                raise ValueError(f"{name} must be in (0, 1), got {v}")
-        if self.radsplat_threshold <= 0:
-            raise ValueError(f"radsplat_threshold must be > 0, got {self.radsplat_threshold}")
-        if not 0 < self.prune_step < max_steps:
-            raise ValueError(f"prune_step={self.prune_step} must be inside the run (1..{max_steps - 1})")
-        if self.topk_scope not in ("pixel", "tile"):
-            raise ValueError(f"topk_scope must be pixel or tile, got {self.topk_scope!r}")
-        check_budget_flag(self.budget)
-        if self.budget and self.topk_scope == "tile" and self.prune_method in ("safeguard", "efficientgs"):
-            raise ValueError("budget ranks by per-pixel top-k wins; it does not apply to topk_scope tile")
+        """Fail at start with one line on an invalid setting (:meth:`SafeguardOptions.validate`)."""
+        self.validate(max_steps)
 
     def round_due(self, step: int) -> bool:
         """True at the single prune step."""
@@ -392,6 +348,11 @@ class SafeguardStrategy(SyncFreeStrategy):
     def scores_due(self, step: int) -> bool:
         """The prune needs the score pass."""
         return self.round_due(step)
+
+    def pass_options(self, step: int) -> PassOptions:
+        """The rule's score (efficientgs: alpha*T), top-k and scope; the recovery score for the argp rule."""
+        spec = ScoreSpec.parse("efficientgs" if self.prune_method == "efficientgs" else self.score)
+        return {"spec": spec, "k": self.top_k, "tile_scope": self.topk_scope == "tile", "recovery": self.prune_method == "argp"}
 
     def prune_mask(self, params, scores: Dict[str, Tensor]) -> Tensor:
         """The Gaussians to remove, from the pass's per-Gaussian results (with a budget: all but the budget best)."""
@@ -411,19 +372,21 @@ class SafeguardStrategy(SyncFreeStrategy):
             return mask
         if m == "radsplat":
             return scores["max_w"] < self.radsplat_threshold
+        if m == "argp":
+            return remove_all_but(self.ranking(params, scores)[: max(1, int(round(self.keep_ratio * n)))], n)
         raise ValueError(f"unknown prune_method {m!r}")
 
     def ranking(self, params, scores: Dict[str, Tensor]) -> Tensor:
         """Every Gaussian, best first, by the rule's own importance (ties: lower index first):
         safeguard / efficientgs: :func:`topk_ranking` (the top-k union first, most-winning first); lightgaussian:
-        significance; minisplatting: sum of w; radsplat: max of w."""
+        significance; minisplatting: sum of w; radsplat: max of w; argp: the recovery score."""
         m = self.prune_method
         if m in ("safeguard", "efficientgs"):
             return topk_ranking(scores)
         if m == "lightgaussian":
             key = self._significance(params, scores)
-        elif m in ("minisplatting", "radsplat"):
-            key = scores["sum_w" if m == "minisplatting" else "max_w"]
+        elif m in ("minisplatting", "radsplat", "argp"):
+            key = scores[{"minisplatting": "sum_w", "radsplat": "max_w", "argp": "recovery"}[m]]
         else:
             raise ValueError(f"unknown prune_method {m!r}")
         return torch.sort(key, descending=True, stable=True).indices
@@ -457,34 +420,28 @@ class SafeguardStrategy(SyncFreeStrategy):
 
 
 @dataclass
-class McmcStrategy(Strategy):
+class McmcStrategy(Strategy, McmcOptions):
     """gsplat 1.4.0's ``MCMCStrategy`` (3D Gaussian Splatting as Markov Chain Monte Carlo) with a hard cap, built on
-    :mod:`argp_ns.mcmc_ops` so that it runs on the CPU too. It never prunes.
+    :mod:`argp_ns.mcmc_ops` so that it runs on the CPU too (options: :class:`argp_ns.options.McmcOptions`; the
+    initialisation and regularisers among them are applied by the model). It never prunes.
 
     At each refine step (``refine_start_iter < step < refine_stop_iter``, every ``refine_every``): every Gaussian of
-    activated opacity ``<= min_opacity`` is relocated onto live ones drawn in proportion to opacity, then
+    activated opacity ``<= mcmc_min_opacity`` is relocated onto live ones drawn in proportion to opacity, then
     ``min(cap_max, floor(1.05 n)) - n`` Gaussians are added the same way (so the count grows 5 % a refine step up to
     ``cap_max`` and never passes it). At every step the positions get the noise of :func:`mcmc_ops.inject_noise` with
     ``scaler = lr_means * noise_lr``. The model adds the opacity and scale regularisers to the loss.
     """
 
-    cap_max: int = 1_000_000
-    noise_lr: float = 5e5
     refine_start_iter: int = 500
     refine_stop_iter: int = 25_000
     refine_every: int = 100
-    min_opacity: float = 0.005
     seed: int = 0
     verbose: bool = False
     absgrad: bool = False
 
     def check_config(self, max_steps: int) -> None:
-        """Fail at start with one line on an invalid setting."""
-        check_budget_flag(self.cap_max)
-        if self.noise_lr < 0:
-            raise ValueError(f"noise_lr must be >= 0, got {self.noise_lr}")
-        if not 0.0 < self.min_opacity < 1.0:
-            raise ValueError(f"min_opacity must be in (0, 1), got {self.min_opacity}")
+        """Fail at start with one line on an invalid setting (:meth:`McmcOptions.validate`, and the refine cadence)."""
+        self.validate()
         if self.refine_every < 1:
             raise ValueError(f"refine_every must be >= 1, got {self.refine_every}")
 
@@ -493,9 +450,24 @@ class McmcStrategy(Strategy):
         the first step."""
         return {"generator": None}
 
+    hides_blocked = False
+    """MCMC blocks no rows."""
+
     def is_refine_step(self, step: int) -> bool:
         """True at the relocate-and-add steps."""
         return self.refine_start_iter < step < self.refine_stop_iter and step % self.refine_every == 0
+
+    def blocked(self, state: Dict[str, Any]) -> Optional[Tensor]:
+        """Every row trains."""
+        return None
+
+    def round_due(self, step: int) -> bool:
+        """MCMC has no scored round."""
+        return False
+
+    def next_prune(self, step: int) -> Tuple[Optional[int], str]:
+        """MCMC never prunes."""
+        return None, ""
 
     def step_post_backward(self, params, optimizers, state: Dict[str, Any], step: int, lr: float) -> Dict[str, int]:
         """Relocate and add at refine steps, then the position noise; returns {relocated, added} (0 elsewhere)."""
@@ -505,10 +477,10 @@ class McmcStrategy(Strategy):
         gen = state["generator"]
         moved = added = 0
         if self.is_refine_step(step):
-            dead = torch.sigmoid(params["opacities"].flatten()) <= self.min_opacity
-            moved = mcmc_ops.relocate(params, optimizers, dead, self.min_opacity, gen)
+            dead = torch.sigmoid(params["opacities"].flatten()) <= self.mcmc_min_opacity
+            moved = mcmc_ops.relocate(params, optimizers, dead, self.mcmc_min_opacity, gen)
             n = params["means"].shape[0]
-            added = mcmc_ops.add(params, optimizers, max(0, min(self.cap_max, int(1.05 * n)) - n), self.min_opacity, gen)
+            added = mcmc_ops.add(params, optimizers, max(0, min(self.cap_max, int(1.05 * n)) - n), self.mcmc_min_opacity, gen)
             if self.verbose:
                 print(f"argp_ns: step {step}: mcmc relocated {moved:,}, added {added:,}, now {params['means'].shape[0]:,}")
         if self.noise_lr > 0:

@@ -29,7 +29,9 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from argp_ns.checks import (CHECKPOINT, ConfigError, check_dataset, check_device, check_eval_output, check_export_dir,
                             check_model, check_run_data, check_writable, checkpoint_readable, resolve_checkpoint, unreadable)
-from argp_ns.compat import EVAL_SCRIPT, EXPORT_SCRIPT, calling_script, guard_eval_checkpoints, remove_new_export_dir
+from argp_ns.compat import guard_eval_checkpoints, remove_new_export_dir, running_script
+from argp_ns.model import LeanModelConfig
+from argp_ns.pipeline import as_pruning_pipeline
 
 _CHECKED: "weakref.WeakValueDictionary[int, ArgpTrainerConfig]" = weakref.WeakValueDictionary()
 """The configs :meth:`ArgpTrainerConfig.checked` has checked, by id."""
@@ -116,6 +118,8 @@ class ArgpTrainerConfig(TrainerConfig):
         """Loading a run's config.yml (PyYAML and copy call this): arm the checkpoint check of ``eval_setup`` and
         check the outputs of the ``ns-eval`` or ``ns-export`` that loads it, before it builds the pipeline."""
         self.__dict__.update(state)
+        if isinstance(self.pipeline.model, LeanModelConfig):  # config.yml of an earlier release: nerfstudio's pipeline
+            self.pipeline = as_pruning_pipeline(self.pipeline)
         guard_eval_checkpoints(check_loaded_checkpoint)
         check_script_outputs(self)
 
@@ -214,7 +218,7 @@ def check_script_outputs(config: "ArgpTrainerConfig") -> None:
     """For ``ns-eval`` (``--output-path``, ``--render-output-path``) and ``ns-export`` (``--output-dir``) loading one
     of our runs: a path that cannot be written, or the run's dataset no longer where it was, ends in one line before
     the pipeline is built."""
-    script = calling_script(EVAL_SCRIPT, EXPORT_SCRIPT)
+    script = running_script()
     try:
         if hasattr(script, "output_path"):
             check_eval_output(script.output_path, getattr(script, "render_output_path", None))

@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
-from argp_ns.model import eval_pairs
+from argp_ns.pruning import eval_pairs
 from benchmarks import scenes
 from benchmarks.report import (BUDGET_FLAG, FINAL_FLAG, RULE_FLAG, load_results, merge_run, stock_mean_count, table,
                                write_outputs)

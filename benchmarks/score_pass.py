@@ -86,9 +86,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
     cases = [(k, spec, False) for k, spec in (args.case or [parse_case("1:safeguard")])]
     if args.recovery:
         cases.append((1, ScoreSpec.parse("safeguard"), True))
-    _, pipeline, _, _ = load_run(args.load_config)
+    _, pipeline, _, _, loop = load_run(args.load_config)
     model = pipeline.model
-    views = list(itertools.islice(model.training_views(), args.views))
+    views = list(itertools.islice(loop.training_views(), args.views))
     check = views[: args.check_views]
     cuda = model.means.is_cuda
     has_kernel = cuda and kernel.available()

@@ -10,10 +10,17 @@ from test_strategy import assert_aligned, make_params
 
 from argp_ns.scores import ScoreSpec, family_score
 from argp_ns.scoring import score_views
-from argp_ns.strategy import (IRP_PRESETS, ArgpStrategy, PruneError, SafeguardStrategy, check_budget, irp_final_count,
+from argp_ns.options import IRP_PRESETS
+from argp_ns.strategy import (ArgpStrategy, PruneError, SafeguardStrategy, check_budget, irp_final_count,
                               solve_recover_ratio, topk_ranking)
 
 RULES = ("safeguard", "efficientgs", "lightgaussian", "minisplatting", "radsplat")
+
+
+def released(**kwargs) -> ArgpStrategy:
+    """ArgpStrategy with the official code's schedule (rounds 12k..27k every 3,000, the released ratios, pure AOP),
+    which these tests were written against; ``kwargs`` override it."""
+    return ArgpStrategy(**{"irp_every": 3000, "irp_last": 27000, "irp_preset": "released", "aop_opacity_floor": 0.0, **kwargs})
 
 
 # --- ARGP: the schedule's arithmetic ---------------------------------------------------------------------------
@@ -56,7 +63,7 @@ def test_argp_budget_lands_exactly_through_the_rounds(preset, fraction):
     n0 = 20_000
     budget = int(fraction * n0)
     m, r = IRP_PRESETS[preset]
-    strat = ArgpStrategy(refine_stop_iter=12000, mark_ratio=m, recover_ratio=r, budget=budget)
+    strat = released(refine_stop_iter=12000, mark_ratio=m, recover_ratio=r, budget=budget)
     _, _, state, counts = run_rounds(strat, n0)
     assert counts[-1] == budget
     assert counts[0] == n0 and all(b <= a for a, b in zip(counts, counts[1:]))
@@ -72,7 +79,7 @@ def test_argp_budget_lands_exactly_through_the_rounds(preset, fraction):
 
 
 def test_argp_budget_last_round_deletes_the_lowest_scored_candidates():
-    strat = ArgpStrategy(refine_stop_iter=12000, irp_start=12000, irp_every=3000, irp_last=15000, budget=700)
+    strat = released(refine_stop_iter=12000, irp_start=12000, irp_every=3000, irp_last=15000, budget=700)
     params, optimizers = make_params(1000, seed=4)
     state = strat.initialize_state()
     strat.score_round(params, optimizers, state, 12000, None)
@@ -87,7 +94,7 @@ def test_argp_budget_last_round_deletes_the_lowest_scored_candidates():
 
 
 def test_argp_budget_at_or_above_the_count_is_aop_only(capsys):
-    strat = ArgpStrategy(refine_stop_iter=12000, budget=5000, verbose=True)
+    strat = released(refine_stop_iter=12000, budget=5000, verbose=True)
     _, _, state, counts = run_rounds(strat, 4000)
     assert counts == [4000] * len(strat.irp_rounds()) and not state.get("events")
     out = capsys.readouterr().out.strip().splitlines()
@@ -95,7 +102,7 @@ def test_argp_budget_at_or_above_the_count_is_aop_only(capsys):
 
 
 def test_argp_budget_below_reach_says_so(capsys):
-    strat = ArgpStrategy(refine_stop_iter=12000, budget=10, verbose=True)  # the floor is about 0.3^5 = 0.24 %
+    strat = released(refine_stop_iter=12000, budget=10, verbose=True)  # the floor is about 0.3^5 = 0.24 %
     _, _, _, counts = run_rounds(strat, 20_000)
     out = capsys.readouterr().out
     assert "below the" in out and "only" in out and "above the budget 10" in out
@@ -106,9 +113,9 @@ def test_argp_budget_config_errors_are_one_line():
     for kwargs, text in (({"budget": -1}, "budget must be a positive integer"),
                          ({"budget": 100, "irp_last": 12000}, "at least two IRP rounds")):
         with pytest.raises(ValueError, match=text) as err:
-            ArgpStrategy(refine_stop_iter=12000, **kwargs).check_config(30000)
+            released(refine_stop_iter=12000, **kwargs).check_config(30000)
         assert "\n" not in str(err.value)
-    ArgpStrategy(refine_stop_iter=12000, budget=100).check_config(30000)
+    released(refine_stop_iter=12000, budget=100).check_config(30000)
 
 
 # --- ARGP with the SafeguardGS prune as its final round ----------------------------------------------------------
@@ -136,12 +143,12 @@ def test_final_round_safeguard_keeps_the_topk_union():
     n = 5000
     union = torch.rand(n, generator=torch.Generator().manual_seed(3)) < 0.08
     totals = lambda live: {"keep": union[live]}  # noqa: E731
-    _, _, irp_counts, _ = tagged_rounds(ArgpStrategy(refine_stop_iter=12000), n, totals)
-    before, kept, counts, events = tagged_rounds(ArgpStrategy(refine_stop_iter=12000, final_round="safeguard"), n, totals)
+    _, _, irp_counts, _ = tagged_rounds(released(refine_stop_iter=12000), n, totals)
+    before, kept, counts, events = tagged_rounds(released(refine_stop_iter=12000, final_round="safeguard"), n, totals)
     assert counts[:-1] == irp_counts[:-1]  # the rounds before the last are IRP's
     assert kept == [i for i in before if union[i]]  # exactly the union among the live ones, order kept
     assert [e["rule"] for e in events] == ["irp"] * (len(events) - 1) + ["safeguard"]
-    strat = ArgpStrategy(refine_stop_iter=12000, final_round="safeguard")
+    strat = released(refine_stop_iter=12000, final_round="safeguard")
     assert strat.next_prune(24000) == (27000, "safeguard") and strat.next_prune(20000) == (21000, "irp")
 
 
@@ -153,21 +160,16 @@ def test_final_round_safeguard_budget_keeps_the_best_by_wins(budget):
     sum_score = torch.rand(n, generator=g).double()
     totals = lambda live: {"keep": wins[live] > 0, "wins": wins[live], "sum_score": sum_score[live]}  # noqa: E731
     before, kept, counts, events = tagged_rounds(
-        ArgpStrategy(refine_stop_iter=12000, final_round="safeguard", budget=budget), n, totals)
+        released(refine_stop_iter=12000, final_round="safeguard", budget=budget), n, totals)
     assert len(before) > budget and counts[-1] == budget and events[-1]["rule"] == "safeguard"
     best = sorted(before, key=lambda i: (-int(wins[i]), -float(sum_score[i]), i))[:budget]
     assert kept == sorted(best)
 
 
 def test_the_safeguard_final_round_scores_without_the_recovery_walk():
-    from types import SimpleNamespace
-
-    from argp_ns.model import SplatfactoArgpModel, SplatfactoArgpModelConfig
-
     for final, step, recovery in (("irp", 27000, True), ("safeguard", 24000, True), ("safeguard", 27000, False)):
-        model = SimpleNamespace(config=SplatfactoArgpModelConfig(final_round=final, top_k=4), step=step,
-                                strategy=ArgpStrategy(refine_stop_iter=12000, final_round=final))
-        assert SplatfactoArgpModel.score_pass_options(model) == {"k": 4, "tile_scope": False, "recovery": recovery}
+        strategy = released(refine_stop_iter=12000, final_round=final, top_k=4)
+        assert strategy.pass_options(step) == {"spec": ScoreSpec(), "k": 4, "tile_scope": False, "recovery": recovery}
 
 
 def test_topk_ranking_orders_by_wins_then_summed_score_then_index():
@@ -179,7 +181,7 @@ def test_final_round_config_errors_are_one_line():
     for kwargs, text in (({"final_round": "lightgaussian"}, "final_round must be irp or safeguard"),
                          ({"final_round": "safeguard", "top_k": 0}, "top_k must be >= 1")):
         with pytest.raises(ValueError, match=text) as err:
-            ArgpStrategy(refine_stop_iter=12000, **kwargs).check_config(30000)
+            released(refine_stop_iter=12000, **kwargs).check_config(30000)
         assert "\n" not in str(err.value)
 
 

@@ -52,8 +52,7 @@ def test_score_pass_views_are_made_one_at_a_time(demo_scene):
     config.datamanager.dataparser = BlenderDataParserConfig(data=demo_scene)
     config.datamanager.cache_images_type = "uint8"
     pipeline = config.setup(device="cpu", test_mode="val", world_size=1, local_rank=0)
-    pipeline.model._datamanager = pipeline.datamanager  # as training's callbacks and argp-ns prune set it
-    views = pipeline.model.training_views()
+    views = pipeline.pruning.training_views()  # the pruning loop beside the model feeds the score pass
     assert isinstance(views, Iterator) and not isinstance(views, (list, tuple))
     cached = pipeline.datamanager.cached_train
     seen = 0

@@ -209,17 +209,26 @@ DATA_CASES: Dict[str, tuple] = {
 }
 
 
-def ns_eval(ctx: Ctx, config: Path, output_path: Optional[Path] = None, **flags) -> str:
-    from nerfstudio.scripts.eval import ComputePSNR
+def run_script(*argv: str) -> str:
+    """A nerfstudio script run in this process as its console script runs it (``sys.argv`` set, its ``entrypoint``
+    called); the line it exits with."""
+    import importlib
+    import sys
+    from unittest import mock
 
+    module = {"ns-eval": "nerfstudio.scripts.eval", "ns-export": "nerfstudio.scripts.exporter"}[argv[0]]
+    with mock.patch.object(sys, "argv", [str(a) for a in argv]):
+        return exit_message(importlib.import_module(module).entrypoint)
+
+
+def ns_eval(ctx: Ctx, config: Path, output_path: Optional[Path] = None, render_output_path: Optional[Path] = None) -> str:
     output_path = output_path or ctx.out / "metrics.json"
-    return exit_message(lambda: ComputePSNR(load_config=config, output_path=output_path, **flags).main())
+    render = ["--render-output-path", render_output_path] if render_output_path else []
+    return run_script("ns-eval", "--load-config", config, "--output-path", output_path, *render)
 
 
 def ns_export(ctx: Ctx, config: Path, output_dir: Path) -> str:
-    from nerfstudio.scripts.exporter import ExportGaussianSplat
-
-    return exit_message(lambda: ExportGaussianSplat(load_config=config, output_dir=output_dir).main())
+    return run_script("ns-export", "gaussian-splat", "--load-config", config, "--output-dir", output_dir)
 
 
 def a_file(ctx: Ctx) -> Path:
@@ -267,7 +276,7 @@ CASES: Dict[str, tuple] = {
     "train-prune-quantile-0": (lambda c: ns_train(c, extra=["--pipeline.model.prune-quantile=0"]), "argp_ns: prune_quantile must be in (0, 1), got 0.0"),
     "train-prune-quantile-1": (lambda c: ns_train(c, extra=["--pipeline.model.prune-quantile=1"]), "argp_ns: prune_quantile must be in (0, 1), got 1.0"),
     "train-aop-opacity-floor-1": (lambda c: ns_train(c, extra=["--pipeline.model.aop-opacity-floor=1"]),
-                                  "argp_ns: opacity_floor (aop-opacity-floor) must be in [0, 1), got 1.0"),
+                                  "argp_ns: aop_opacity_floor must be in [0, 1), got 1.0"),
     "train-irp-every-0": (lambda c: ns_train(c, extra=["--pipeline.model.irp-every=0"]), "argp_ns: irp_every must be >= 1, got 0"),
     "train-irp-beyond-the-run": (lambda c: ns_train(c, extra=["--pipeline.model.irp-start=100", "--pipeline.model.irp-last=100"]),
                                  "argp_ns: irp_last=100 must be before the last training step (20)"),
@@ -279,7 +288,7 @@ CASES: Dict[str, tuple] = {
     "train-safeguard-score-nonsense": (lambda c: ns_train(c, "splatfacto-safeguard", ["--pipeline.model.score=nonsense"]),
                                        "argp_ns: score 'nonsense' is not valid; use 'safeguard'"),
     "train-score-backend-cuda-on-cpu": (lambda c: ns_train(c, extra=["--pipeline.model.score-backend=cuda"]),
-                                        "argp_ns: score-backend cuda needs a CUDA device (this run trains on cpu)"),
+                                        "argp_ns: score_backend cuda needs a CUDA device (this run is on cpu); use auto or torch"),
     "train-output-under-a-file": (lambda c: ns_train(c, out=a_file(c) / "outputs"),
                                   "argp_ns: ns-train --output-dir: cannot create "),
     "train-empty-data-folder": (lambda c: ns_train(c, scene=empty_data(c)), "No such file or directory: "),

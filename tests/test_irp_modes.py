@@ -4,7 +4,8 @@ import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.scene_box import SceneBox
 
-from argp_ns.model import SplatfactoArgpModelConfig, viewmat_from_c2w
+from argp_ns.model import SplatfactoArgpModelConfig
+from argp_ns.render import viewmat_from_c2w
 from argp_ns.scores import ScoreSpec
 from argp_ns.scoring import View, score_views
 from argp_ns.strategy import zero_moments

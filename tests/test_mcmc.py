@@ -104,7 +104,7 @@ def test_covariances_are_rotated_squared_scales():
 
 def test_strategy_grows_five_percent_a_refine_step_up_to_the_cap():
     params, opts = setup(100)
-    strat = McmcStrategy(cap_max=120, refine_start_iter=0, refine_stop_iter=1000, refine_every=10)
+    strat = McmcStrategy(budget=120, refine_start_iter=0, refine_stop_iter=1000, refine_every=10)
     state = strat.initialize_state()
     counts = []
     for step in range(1, 60):
@@ -115,7 +115,7 @@ def test_strategy_grows_five_percent_a_refine_step_up_to_the_cap():
 
 
 def test_strategy_config_errors():
-    for kwargs, msg in (({"cap_max": -1}, "budget must be a positive integer"), ({"cap_max": 50}, "below the floor of 100"), ({"noise_lr": -1.0}, "noise_lr"), ({"min_opacity": 1.0}, "min_opacity")):
+    for kwargs, msg in (({"budget": -1}, "budget must be a positive integer"), ({"budget": 50}, "below the floor of 100"), ({"noise_lr": -1.0}, "noise_lr"), ({"mcmc_min_opacity": 1.0}, "mcmc_min_opacity")):
         with pytest.raises(ValueError, match=msg):
             McmcStrategy(**kwargs).check_config(1000)
 

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from argp_ns.strategy import IRP_PRESETS, ArgpStrategy, PruneError, SafeguardStrategy, prune, quantile
+from argp_ns.options import IRP_PRESETS
+from argp_ns.strategy import ArgpStrategy, PruneError, SafeguardStrategy, prune, quantile
+
+
+def released(**kwargs) -> ArgpStrategy:
+    """ArgpStrategy with the official code's schedule (rounds 12k..27k every 3,000, the released ratios, pure AOP),
+    which these tests were written against; ``kwargs`` override it."""
+    return ArgpStrategy(**{"irp_every": 3000, "irp_last": 27000, "irp_preset": "released", "aop_opacity_floor": 0.0, **kwargs})
 
 
 def make_params(n: int, seed: int = 0, opacities=None):
@@ -45,7 +52,7 @@ def test_quantile_matches_torch_and_scales_past_2_24():
 def test_aop_prunes_exactly_below_the_quantile_with_ties():
     opa = torch.cat([torch.full((30,), 0.2), torch.linspace(0.01, 0.9, 970)])  # ties at and below the threshold
     params, optimizers = make_params(1000, opacities=opa)
-    strat = ArgpStrategy(prune_quantile=0.05, reset_every=3000)
+    strat = released(prune_quantile=0.05, reset_every=3000)
     state = strat.initialize_state()
     state["extra"] = torch.arange(1000)
     act = torch.sigmoid(params["opacities"].flatten()).detach()
@@ -62,7 +69,7 @@ def test_aop_floor_prunes_below_the_larger_of_quantile_and_floor(floor):
     """The 5 % quantile of these opacities is about 0.054: a floor below it changes nothing, one above it rules."""
     opa = torch.linspace(0.01, 0.9, 1000)
     params, optimizers = make_params(1000, opacities=opa)
-    strat = ArgpStrategy(prune_quantile=0.05, opacity_floor=floor, reset_every=3000)
+    strat = released(prune_quantile=0.05, aop_opacity_floor=floor, reset_every=3000)
     state = strat.initialize_state()
     state["extra"] = torch.arange(1000)
     act = torch.sigmoid(params["opacities"].flatten()).detach()
@@ -80,7 +87,7 @@ def test_irp_count_arithmetic_and_moments(preset, expected):
     n = 200_000
     params, optimizers = make_params(n, seed=2)
     mark_ratio, recover_ratio = IRP_PRESETS[preset]
-    strat = ArgpStrategy(refine_stop_iter=12000, mark_ratio=mark_ratio, recover_ratio=recover_ratio)
+    strat = released(refine_stop_iter=12000, mark_ratio=mark_ratio, recover_ratio=recover_ratio)
     state = strat.initialize_state()
     fractions = []
     g = torch.Generator().manual_seed(3)
@@ -100,7 +107,7 @@ def test_irp_count_arithmetic_and_moments(preset, expected):
 
 def test_irp_keeps_the_highest_recovery_scores():
     params, optimizers = make_params(1000, seed=4)
-    strat = ArgpStrategy(refine_stop_iter=12000)
+    strat = released(refine_stop_iter=12000)
     state = strat.initialize_state()
     strat.score_round(params, optimizers, state, 12000, None)
     cand = state["irp_candidates"].clone()
@@ -115,10 +122,10 @@ def test_irp_keeps_the_highest_recovery_scores():
 
 def test_config_errors_are_one_line():
     for kwargs, text in (({"mark_ratio": 1.5}, "mark_ratio"), ({"irp_last": 40000}, "irp_last"), ({"irp_start": 5000}, "IRP rounds"),
-                         ({"opacity_floor": 1.0}, r"opacity_floor \(aop-opacity-floor\) must be in \[0, 1\)"),
-                         ({"opacity_floor": -0.1}, "opacity_floor")):
+                         ({"aop_opacity_floor": 1.0}, r"aop_opacity_floor must be in \[0, 1\)"),
+                         ({"aop_opacity_floor": -0.1}, "aop_opacity_floor")):
         with pytest.raises(ValueError, match=text) as err:
-            ArgpStrategy(refine_stop_iter=12000, **kwargs).check_config(30000)
+            released(refine_stop_iter=12000, **kwargs).check_config(30000)
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="top_k"):
         SafeguardStrategy(top_k=0).check_config(30000)
@@ -136,7 +143,7 @@ def test_prune_refuses_to_empty_the_scene():
 
 def test_next_prune_skips_refine_steps_paused_after_an_opacity_reset():
     # the CPU demo schedule: refine every 25 from 50, reset every 100, pause 41 steps after it, densify to 150
-    st = ArgpStrategy(refine_start_iter=50, refine_every=25, reset_every=100, pause_refine_after_reset=41,
+    st = released(refine_start_iter=50, refine_every=25, reset_every=100, pause_refine_after_reset=41,
                       refine_stop_iter=150, irp_start=150, irp_every=50, irp_last=250)
     assert st.next_prune(60) == (75, "aop")
     assert st.next_prune(75) == (150, "irp")  # 100 and 125 fall in the pause after the reset at 100; 150 ends densification
