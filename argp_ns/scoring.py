@@ -22,7 +22,7 @@ from argp_ns import twin
 from argp_ns.scores import ScoreSpec, accumulate_tiles, empty_totals
 
 Backend = Literal["auto", "cuda", "torch"]
-TILE = 16
+TILE = kernel.TILE_SIZE  # the tile size gsplat intersects with and the kernel is built for
 
 
 @dataclass
@@ -128,11 +128,9 @@ def score_views(
             gt = view.image[..., :3].float().contiguous()
             bg = view.background.float().contiguous()
             if used == "cuda":
-                cov = kernel.score_camera(
-                    totals, proj["means2d"], proj["conics"], proj["opacities"], proj["colors"], gt, bg,
-                    proj["isect_offsets"], proj["flatten_ids"], 0, view.width, view.height, TILE,
-                    spec.code, spec.k_p, spec.k_c, k, tile_scope, recovery,
-                )
+                cam = kernel.Camera(proj["means2d"], proj["conics"], proj["opacities"], proj["colors"], gt, bg,
+                                    proj["isect_offsets"], proj["flatten_ids"], view.width, view.height)
+                cov = kernel.score_camera(totals, cam, spec, k, tile_scope, recovery)
                 n_cov = cov.sum()
             else:
                 n_cov = torch.zeros((), dtype=torch.long, device=means.device)

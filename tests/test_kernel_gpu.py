@@ -163,12 +163,11 @@ def cuda_pass(p: Dict, spec: ScoreSpec, k: int, tile_scope: bool, recovery: bool
     totals = empty_totals(p["n"], torch.device("cuda"))
     covered = []
     for cam in range(p["viewmats"].shape[0]):
-        covered.append(kernel.score_camera(
-            totals, p["means2d"][cam].contiguous(), p["conics"][cam].contiguous(), p["opacities"][cam].contiguous(),
+        camera = kernel.Camera(
+            p["means2d"][cam].contiguous(), p["conics"][cam].contiguous(), p["opacities"][cam].contiguous(),
             p["colors"].contiguous(), p["gt"][cam].contiguous(), p["background"][cam].contiguous(),
-            p["isect_offsets"][cam].contiguous(), p["flatten_ids"], cam * p["n"], p["width"], p["height"], TILE,
-            spec.code, spec.k_p, spec.k_c, k, tile_scope, recovery,
-        ))
+            p["isect_offsets"][cam].contiguous(), p["flatten_ids"], p["width"], p["height"], cam_offset=cam * p["n"])
+        covered.append(kernel.score_camera(totals, camera, spec, k, tile_scope, recovery))
     return totals, torch.stack(covered)
 
 
@@ -264,14 +263,12 @@ def test_kernel_matches_reference_on_garden(code: int, k: int):
 
 def test_rejects_unsupported_arguments():
     p = projected("palette")
-    args = lambda k, tile: (  # noqa: E731
-        empty_totals(p["n"], torch.device("cuda")), p["means2d"][0].contiguous(), p["conics"][0].contiguous(),
-        p["opacities"][0].contiguous(), p["colors"], p["gt"][0].contiguous(), p["background"][0].contiguous(),
-        p["isect_offsets"][0].contiguous(), p["flatten_ids"], 0, p["width"], p["height"], tile, 0x24, 1.0, 1.0, k,
-        False, False)
-    for k, tile in ((0, 16), (33, 16), (1, 8)):
+    camera = kernel.Camera(p["means2d"][0].contiguous(), p["conics"][0].contiguous(), p["opacities"][0].contiguous(),
+                           p["colors"], p["gt"][0].contiguous(), p["background"][0].contiguous(),
+                           p["isect_offsets"][0].contiguous(), p["flatten_ids"], p["width"], p["height"])
+    for k in (0, kernel.MAX_K + 1):
         with pytest.raises(ValueError):
-            kernel.score_camera(*args(k, tile))
+            kernel.score_camera(empty_totals(p["n"], torch.device("cuda")), camera, ScoreSpec.from_code(0x24), k)
 
 
 @functools.lru_cache(maxsize=None)

@@ -25,6 +25,7 @@ import functools
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Dict, Optional, Tuple
@@ -86,27 +87,39 @@ def available() -> bool:
     return unavailable_reason() is None
 
 
-def score_camera(
-    totals: Dict[str, Tensor], means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor,
-    gt: Tensor, background: Tensor, isect_offsets: Tensor, flatten_ids: Tensor, cam_offset: int,
-    width: int, height: int, tile_size: int, code: int, k_p: float, k_c: float, k: int,
-    tile_scope: bool, recovery: bool,
-) -> Tensor:
+@dataclass
+class Camera:
+    """One camera of the pass as the kernel reads it. All tensors CUDA and contiguous: the projected ``means2d``
+    [N,2], ``conics`` [N,3] (a, b, c), ``opacities`` [N], ``colors`` [N,3] float32; the ground truth ``image``
+    [H,W,3] and ``background`` [3] float32; gsplat's ``isect_offsets`` [tile_h, tile_w] of this camera (16-pixel
+    tiles) and ``flatten_ids`` [M] int32 (entries ``cam * N + gaussian``, ``cam_offset = cam * N``)."""
+
+    means2d: Tensor
+    conics: Tensor
+    opacities: Tensor
+    colors: Tensor
+    image: Tensor
+    background: Tensor
+    isect_offsets: Tensor
+    flatten_ids: Tensor
+    width: int
+    height: int
+    cam_offset: int = 0
+
+
+def score_camera(totals: Dict[str, Tensor], cam: Camera, spec: ScoreSpec, k: int, tile_scope: bool = False,
+                 recovery: bool = False) -> Tensor:
     """Score one camera into ``totals`` in place; returns covered [H, W] bool (pixels with a contributor).
 
-    All tensors CUDA and contiguous: means2d [N,2], conics [N,3] (a, b, c), opacities [N], colors [N,3]
-    float32; gt [H,W,3] and background [3] float32; this camera's gsplat ``isect_offsets`` [tile_h, tile_w]
-    and ``flatten_ids`` [M] int32 (entries ``cam * N + gaussian``, ``cam_offset = cam * N``). ``totals`` as
-    :func:`argp_ns.scores.empty_totals` makes them (keep, keep_tile bool; sum_w, sum_opacity, recovery,
+    ``totals`` as :func:`argp_ns.scores.empty_totals` makes them (keep, keep_tile bool; sum_w, sum_opacity, recovery,
     sum_score float64; max_w float32; hits, wins int64; length N), summed over cameras: keep_tile is filled with
-    ``tile_scope`` only, recovery with ``recovery`` only, the others always. ``code`` is a :class:`ScoreSpec`
-    code; ``k`` the per-pixel (and per-tile) top-k, 1 <= k <= 32.
+    ``tile_scope`` only, recovery with ``recovery`` only, the others always. ``spec`` is the family member ranking a
+    pixel's contributors; ``k`` the per-pixel (and per-tile) top-k, 1 <= k <= MAX_K (the one check of the limit
+    for the kernel; a run checks it at start, :meth:`argp_ns.options.BackendOption.validate_backend`).
     """
     if not 1 <= k <= MAX_K:
         raise ValueError(f"the CUDA score pass supports 1 <= k <= {MAX_K}, got {k}")
-    if tile_size != TILE_SIZE:
-        raise ValueError(f"the CUDA score pass needs tile_size {TILE_SIZE}, got {tile_size}")
-    spec = ScoreSpec.from_code(code)
+    means2d, isect_offsets, flatten_ids, width, height = cam.means2d, cam.isect_offsets, cam.flatten_ids, cam.width, cam.height
     module, reason = _load()
     if module is None:
         raise RuntimeError(reason)
@@ -115,7 +128,7 @@ def score_camera(
         raise ValueError(f"isect_offsets must be this camera's [{tile_h}, {tile_w}], got {tuple(isect_offsets.shape)}")
     n = means2d.shape[0]
     starts = isect_offsets.reshape(-1).to(torch.int32).contiguous()
-    cam_end = (flatten_ids < cam_offset + n).sum().to(torch.int32).reshape(1)
+    cam_end = (flatten_ids < cam.cam_offset + n).sum().to(torch.int32).reshape(1)
     ends = torch.cat([starts[1:], cam_end])
     if tile_scope:
         slots = (ends - starts + TILE_BATCH - 1).div(TILE_BATCH, rounding_mode="floor").long() * TILE_BATCH
@@ -128,10 +141,10 @@ def score_camera(
         rec_score = torch.empty(0, dtype=torch.float32, device=means2d.device)
         rec_id = torch.empty(0, dtype=torch.int32, device=means2d.device)
     covered = module.score_pass(
-        *(totals[key] for key in _TOTALS), means2d, conics, opacities, colors, gt, background,
-        starts, ends, flatten_ids, rec_start, rec_score, rec_id, int(cam_offset), int(width), int(height),
+        *(totals[key] for key in _TOTALS), means2d, cam.conics, cam.opacities, cam.colors, cam.image, cam.background,
+        starts, ends, flatten_ids, rec_start, rec_score, rec_id, int(cam.cam_offset), int(width), int(height),
         tile_w, tile_h, BASES.index(spec.base), DISTANCES.index(spec.distance), COLOURS.index(spec.colour),
-        float(k_p), float(k_c), int(k), bool(recovery),
+        float(spec.k_p), float(spec.k_c), int(k), bool(recovery),
     )
     if tile_scope:
         _keep_best_records(totals["keep_tile"], rec_start, rec_score, rec_id, k)
