@@ -115,3 +115,31 @@ def test_a_run_of_the_last_release_resumes_with_its_pruning_state(demo_scene, tm
     ckpt = torch.load(out / "demo" / "splatfacto-argp" / "t" / MODELS / "step-000000019.ckpt", map_location="cpu", weights_only=False)
     events = ckpt["pipeline"]["_model._extra_state"]["prune_events"]
     assert [e["step"] for e in events] == [16] and events[0]["removed"] > 0
+
+
+def imported_modules(path: Path) -> set:
+    """The modules ``path`` imports (``from X import ...`` and ``import X``), as written."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_the_model_imports_no_schedule_or_report():
+    """The model only models: it imports neither the pruning loop, the score pass, the report nor the panel."""
+    assert not imported_modules(PACKAGE / "model.py") & {"argp_ns.pruning", "argp_ns.scoring", "argp_ns.report", "argp_ns.panel",
+                                                       "argp_ns.pipeline"}
+
+
+def test_only_the_compat_modules_import_private_names():
+    """No module but compat.py and gsplat_compat.py imports a ``_``-prefixed name or module from gsplat or nerfstudio."""
+    for path in PACKAGE.rglob("*.py"):
+        if path.name in ("compat.py", "gsplat_compat.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("gsplat", "nerfstudio"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private and not any(p.startswith("_") for p in node.module.split(".")), (path.name, node.module, private)
