@@ -14,6 +14,10 @@ method entry point before any ns-* tool builds a model or loads a checkpoint):
   crashes without network. When the weights are not in torch's hub cache we build a stand-in that
   computes nothing; the metric is then left out of the metrics dict, with one warning. LPIPS is
   never computed with random weights.
+
+And in an ns-eval or ns-export process only, the errors nerfstudio raises before any code of this plugin runs (a
+``--load-config`` that does not exist, an ns-export ``--output-dir`` it cannot make) end in one line instead of a
+traceback: :func:`explain_script_faults`.
 """
 
 from __future__ import annotations
@@ -129,7 +133,7 @@ def _wrap_image_metrics(fn):
 
 
 def install() -> None:
-    """Apply both fixes once per process (idempotent)."""
+    """Apply both fixes once per process (idempotent), and in ns-eval/ns-export :func:`explain_script_faults`."""
     global _installed
     if _installed:
         return
@@ -146,6 +150,7 @@ def install() -> None:
 
     if not getattr(SplatfactoModel.get_image_metrics_and_images, "__argp_ns_wrapped__", False):
         SplatfactoModel.get_image_metrics_and_images = _wrap_image_metrics(SplatfactoModel.get_image_metrics_and_images)
+    explain_script_faults()
 
 
 # --- nerfstudio 1.1.5's ns-eval and ns-export: their options, from their own command line ---------------------------
@@ -156,20 +161,68 @@ SCRIPTS = {"ns-eval": ("nerfstudio.scripts.eval", "ComputePSNR"), "ns-export": (
 ``entrypoint`` hands ``tyro.cli``)."""
 
 
-def running_script() -> Optional[Any]:
-    """The options object of the ns-eval or ns-export this process runs (``ns-eval ...``, ``ns-export ...`` or
-    ``python -m nerfstudio.scripts.eval ...``): its command line, ``sys.argv``, parsed again by the script's own tyro
-    parser, so it equals the object the script runs with; None in any other process."""
+def script_name() -> Optional[str]:
+    """``ns-eval`` or ``ns-export`` when this process runs that script (its console script or ``python -m
+    nerfstudio.scripts.eval``), else None."""
     main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     name = Path(sys.argv[0]).name if sys.argv else ""
-    for script, (module, attr) in SCRIPTS.items():
+    for script, (module, _) in SCRIPTS.items():
         if name == script or getattr(main_spec, "name", None) == module:
-            import importlib
-
-            import tyro
-
-            return tyro.cli(getattr(importlib.import_module(module), attr), args=sys.argv[1:])
+            return script
     return None
+
+
+def running_script() -> Optional[Any]:
+    """The options object of the ns-eval or ns-export this process runs: its command line, ``sys.argv``, parsed again
+    by the script's own tyro parser, so it equals the object the script runs with; None in any other process."""
+    script = script_name()
+    if script is None:
+        return None
+    import importlib
+
+    import tyro
+
+    module, attr = SCRIPTS[script]
+    return tyro.cli(getattr(importlib.import_module(module), attr), args=sys.argv[1:])
+
+
+def script_fault_line(err: BaseException) -> Optional[str]:
+    """The one line for an error nerfstudio 1.1.5's ns-eval or ns-export raises before any code of this plugin runs,
+    or None for any other error: its ``--load-config`` does not exist (``eval_setup`` reads it first), or ns-export
+    cannot make its ``--output-dir`` (made before the run is loaded; ``err.filename`` is that folder or the ancestor
+    ``mkdir(parents=True)`` failed on)."""
+    if not isinstance(err, OSError) or err.filename is None:
+        return None
+    options = running_script()
+    path = Path(err.filename)
+    config = getattr(options, "load_config", None)
+    if isinstance(err, FileNotFoundError) and config is not None and path == Path(config):
+        return (f"argp_ns: {script_name()} --load-config {config} does not exist: give the config.yml a training run "
+                "wrote (outputs/<experiment>/<method>/<timestamp>/config.yml)")
+    out = getattr(options, "output_dir", None)
+    if out is not None and (path == Path(out) or path in Path(out).parents):
+        return f"argp_ns: ns-export --output-dir: cannot create {out} ({path}: {err.strerror}); choose another --output-dir"
+    return None
+
+
+def explain_script_faults() -> None:
+    """In an ns-eval or ns-export process, print :func:`script_fault_line`'s errors as that one line (exit status 1)
+    instead of a traceback, and remove the empty folder ns-export made for an export that never started; every other
+    error keeps Python's own report. The one place for nerfstudio's own early failures: drop it once nerfstudio
+    checks these paths itself."""
+    if script_name() is None or getattr(sys.excepthook, "__argp_ns_wrapped__", False):
+        return
+    previous = sys.excepthook
+
+    def excepthook(kind, err, tb):
+        line = script_fault_line(err)
+        if line is None:
+            return previous(kind, err, tb)
+        remove_new_export_dir()
+        print(line, file=sys.stderr)
+
+    excepthook.__argp_ns_wrapped__ = True
+    sys.excepthook = excepthook
 
 
 def guard_eval_checkpoints(before: Callable[[Any], None]) -> None:

@@ -174,4 +174,8 @@ class PruningLoop:
             kept += f", {int(result.totals['keep_tile'].sum()):,} (tile scope)"
         CONSOLE.print(f"argp_ns: score pass ({result.backend}): {len(result.coverage)} views, {result.seconds:.2f}s, "
                       f"mean coverage {cov:.3f}{kept} of {model.num_points:,}", markup=False)
+        seen = int((result.totals["hits"] > 0).sum())
+        if not recovery and k > 1 and seen and int(result.totals["keep"].sum()) >= seen:
+            CONSOLE.print(f"argp_ns: top-{k} keeps every Gaussian a pixel sees ({seen:,}): this round removes only the unseen "
+                          "ones; a smaller --pipeline.model.top-k prunes", markup=False)
         return result.totals

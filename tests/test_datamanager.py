@@ -62,3 +62,18 @@ def test_score_pass_views_are_made_one_at_a_time(demo_scene):
         assert torch.allclose(view.image, pipeline.model.composite_with_background(expected, view.background))
         seen += 1
     assert seen == len(pipeline.datamanager.train_dataset)
+
+
+def test_a_top_k_that_keeps_every_seen_gaussian_says_so(demo_scene, capsys):
+    """A score pass whose top-k keeps every Gaussian some pixel sees says so in one line (the round can then remove
+    only unseen ones); top-1 does not. The twin's cost does not grow with k (it sorts each pixel's whole list)."""
+    from argp_ns.scores import ScoreSpec
+
+    config = copy.deepcopy(splatfacto_safeguard.config.pipeline)
+    config.datamanager.dataparser = BlenderDataParserConfig(data=demo_scene)
+    config.datamanager.cache_images_type = "uint8"
+    pipeline = config.setup(device="cpu", test_mode="val", world_size=1, local_rank=0)
+    for k, says in ((1, False), (100_000, True)):
+        totals = pipeline.pruning.score(ScoreSpec(), k=k, tile_scope=False, recovery=False)
+        line = f"argp_ns: top-{k} keeps every Gaussian a pixel sees ({int((totals['hits'] > 0).sum()):,})"
+        assert (line in capsys.readouterr().out) is says

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -318,12 +319,23 @@ CASES: Dict[str, tuple] = {
                                      "a-file is a file, not a folder; choose another --output-path"),
     "cli-export-output-is-a-file": (lambda c: command(c, "ns-export", "gaussian-splat", "--load-config", str(c.run), "--output-dir", str(a_file(c))),
                                     "argp_ns: ns-export --output-dir: "),
+    # failures inside nerfstudio's own scripts before our code runs (compat.explain_script_faults)
+    "cli-eval-missing-config": (lambda c: command(c, "ns-eval", "--load-config", str(c.tmp / "missing.yml"), "--output-path", str(c.out / "m.json")),
+                                "argp_ns: ns-eval --load-config "),
+    "cli-export-missing-config": (lambda c: command(c, "ns-export", "gaussian-splat", "--load-config", str(c.tmp / "missing.yml"),
+                                                    "--output-dir", str(c.out)), "missing.yml does not exist: give the config.yml"),
+    "cli-export-output-new-under-a-file": (lambda c: command(c, "ns-export", "gaussian-splat", "--load-config", str(c.run),
+                                                             "--output-dir", str(a_file(c) / "splat")),
+                                           "a-file/splat: Not a directory); choose another --output-dir"),
 }
 if os.geteuid() != 0:  # root writes in a read-only folder: these cases need an ordinary user
     CASES["cli-eval-output-read-only"] = (lambda c: command(c, "ns-eval", "--load-config", str(c.run), "--output-path",
                                                             str(read_only_dir(c) / "metrics.json")), "read-only is not writable (Permission denied)")
     CASES["cli-export-output-read-only"] = (lambda c: command(c, "ns-export", "gaussian-splat", "--load-config", str(c.run), "--output-dir",
                                                               str(read_only_dir(c))), "read-only is not writable (Permission denied)")
+    CASES["cli-export-output-new-under-read-only"] = (lambda c: command(c, "ns-export", "gaussian-splat", "--load-config", str(c.run),
+                                                                       "--output-dir", str(read_only_dir(c) / "splat")),
+                                                      "read-only/splat: Permission denied); choose another --output-dir")
 for _name, (_damage, _expected) in DATA_CASES.items():
     CASES[f"train-{_name}"] = ((lambda damage: lambda c: ns_train(c, scene=damaged_scene(c, damage)))(_damage), _expected)
 if not torch.backends.mps.is_available():
@@ -438,3 +450,21 @@ def test_another_gsplat_stops_ns_train_at_start_in_one_line(demo_scene, tmp_path
     assert ns_train(ctx) == ("argp_ns: gsplat 1.5.3 is installed; argp_ns is written for gsplat 1.4.0 (1.5 changed radii "
                              "to [C, N, 2] and never resets opacity): pip install gsplat==1.4.0")
     assert not ctx.out.exists()
+
+
+def test_nerfstudio_own_early_faults_are_one_line_and_others_keep_their_traceback(monkeypatch, tmp_path):
+    """compat.script_fault_line: only an OSError on ns-export's --output-dir (or an ancestor mkdir failed on) or on a
+    missing --load-config becomes a line; any other error, or any process but ns-eval/ns-export, keeps its report."""
+    from argp_ns import compat
+
+    out, config = tmp_path / "ro" / "splat", tmp_path / "c.yml"
+    monkeypatch.setattr(sys, "argv", ["ns-export", "gaussian-splat", "--load-config", str(config), "--output-dir", str(out)])
+    denied = PermissionError(13, "Permission denied", str(out.parent))
+    assert compat.script_fault_line(denied) == (f"argp_ns: ns-export --output-dir: cannot create {out} ({out.parent}: "
+                                                "Permission denied); choose another --output-dir")
+    assert compat.script_fault_line(FileNotFoundError(2, "No such file or directory", str(config))).startswith(
+        f"argp_ns: ns-export --load-config {config} does not exist")
+    assert compat.script_fault_line(FileNotFoundError(2, "No such file or directory", str(tmp_path / "other"))) is None
+    assert compat.script_fault_line(ValueError("x")) is None
+    monkeypatch.setattr(sys, "argv", ["ns-train", "splatfacto"])
+    assert compat.script_fault_line(denied) is None
