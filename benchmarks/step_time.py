@@ -10,14 +10,17 @@ fixed. Per case and phase (``densify``: gsplat's per-step statistics update on, 
 off, as after it) each trainer runs ``--warmup`` steps, then ``--trials`` timed trials of ``--steps`` steps
 between two synchronisations, alternating stock and ours after one untimed alternating trial (the median wall ms
 per step is reported), then ``--profile-steps`` steps under torch.profiler: GPU-busy ms per step (kernel time),
-kernel launches and host synchronisations per step, and the top CPU-side and GPU-side costs. The step is
-nerfstudio's own: ``Trainer.train_iteration`` with the trainer's callbacks before and after it.
+kernel launches and host synchronisations per step, and the top CPU-side and GPU-side costs, then as many steps
+timed part by part on the host (:func:`host_breakdown`: datamanager, render, loss, backward, optimizer, scheduler,
+callbacks). ``--fractions 1,0.3,0.15`` repeats every case with a random subset of the Gaussians (the count sweep).
+The step is nerfstudio's own: ``Trainer.train_iteration`` with the trainer's callbacks before and after it.
 Writes ``benchmarks/results/step-time.json`` (format: ../shared spec benchmark.md) and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import random
@@ -26,7 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -62,6 +65,82 @@ def run_steps(trainer, start: int, n: int) -> None:
         trainer.train_iteration(step)
         for cb in trainer.callbacks:
             cb.run_callback_at_location(step, location=Loc.AFTER_TRAIN_ITERATION)
+
+
+# the host-side parts of one step that :func:`host_breakdown` times: name -> (owner path from the trainer, method)
+BREAKDOWN = {"datamanager": ("pipeline.datamanager", "next_train"), "render": ("pipeline.model", "get_outputs"),
+             "metrics": ("pipeline.model", "get_metrics_dict"), "loss": ("pipeline.model", "get_loss_dict"),
+             "zero_grad": ("optimizers", "zero_grad_some"), "backward": ("", "backward"),
+             "optimizer": ("optimizers", "optimizer_scaler_step_some"), "scheduler": ("optimizers", "scheduler_step_all")}
+
+
+@contextlib.contextmanager
+def timed_calls(targets: Dict[str, Tuple[Any, str]], seconds: Dict[str, float]) -> Iterator[Dict[str, float]]:
+    """While open, each ``(owner, method)`` of ``targets`` is replaced by a wrapper that adds its wall seconds to
+    ``seconds[name]``; the originals are put back after (an owner's own attribute, or its class's again)."""
+    saved = []
+    for name, (owner, attr) in targets.items():
+        fn: Callable = getattr(owner, attr)
+
+        def timed(*args, _fn=fn, _name=name, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*args, **kwargs)
+            finally:
+                seconds[_name] = seconds.get(_name, 0.0) + time.perf_counter() - t0
+
+        saved.append((owner, attr, attr in vars(owner), fn))
+        setattr(owner, attr, timed)
+    try:
+        yield seconds
+    finally:
+        for owner, attr, own, fn in reversed(saved):
+            setattr(owner, attr, fn) if own else delattr(owner, attr)
+
+
+def host_breakdown(trainer, start: int, n: int) -> Dict[str, float]:
+    """Wall ms per step of each part of :data:`BREAKDOWN`, of the callbacks before and after the iteration, and the
+    rest (``other``: nerfstudio's glue, the loss sum, the grad scaler), over n steps with no synchronisation of our
+    own: the GPU runs behind, so each figure is host time, except that a part which synchronises (``syncs_per_step``
+    of the profile) also holds the GPU time it waits for."""
+    from nerfstudio.engine.callbacks import TrainingCallbackLocation as Loc
+
+    def owner(path: str) -> Any:
+        obj = trainer
+        for part in filter(None, path.split(".")):
+            obj = getattr(obj, part)
+        return obj
+
+    targets = {name: (owner(path) if path else torch.autograd, attr) for name, (path, attr) in BREAKDOWN.items()}
+    seconds: Dict[str, float] = {}
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    t_start = time.perf_counter()
+    with timed_calls(targets, seconds):
+        for step in range(start, start + n):
+            trainer.pipeline.train()
+            t0 = time.perf_counter()
+            for cb in trainer.callbacks:
+                cb.run_callback_at_location(step, location=Loc.BEFORE_TRAIN_ITERATION)
+            t1 = time.perf_counter()
+            trainer.train_iteration(step)
+            t2 = time.perf_counter()
+            for cb in trainer.callbacks:
+                cb.run_callback_at_location(step, location=Loc.AFTER_TRAIN_ITERATION)
+            seconds["callbacks_before"] = seconds.get("callbacks_before", 0.0) + t1 - t0
+            seconds["callbacks_after"] = seconds.get("callbacks_after", 0.0) + time.perf_counter() - t2
+    total = time.perf_counter() - t_start
+    sync()
+    seconds["other"] = total - sum(seconds.values())
+    return {name: round(1000.0 * value / n, 3) for name, value in seconds.items()}
+
+
+def subset(gaussians: Dict[str, torch.Tensor], fraction: float, seed: int = 0) -> Dict[str, torch.Tensor]:
+    """A random ``fraction`` of the Gaussians (the same rows of every parameter), for the count sweep."""
+    n = next(iter(gaussians.values())).shape[0]
+    keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: max(1, round(fraction * n))]
+    keep = keep.sort().values.to(next(iter(gaussians.values())).device)
+    return {name: value[keep] for name, value in gaussians.items()}
 
 
 def install(trainer, gaussians: Dict[str, torch.Tensor], phase: str) -> None:
@@ -144,11 +223,13 @@ def measure(args) -> Dict[str, Any]:
         trainers = {name: trainer_for(name, args.data, d, args.scale, out) for name in (STOCK, OURS)}
         dm = trainers[STOCK].pipeline.datamanager
         height, width = dm.cached_train[0]["image"].shape[:2]  # after undistortion's crop
-        for phase in args.phases:
+        for phase, fraction in [(ph, f) for ph in args.phases for f in args.fractions]:
+            these = subset(gaussians, fraction) if fraction < 1.0 else gaussians
             case: Dict[str, Any] = {"scene": args.scene, "downscale": d, "width": int(width), "height": int(height),
-                                    "gaussians": int(gaussians["means"].shape[0]), "steps": args.steps, "phase": phase}
+                                    "gaussians": int(these["means"].shape[0]), "fraction": fraction, "steps": args.steps,
+                                    "phase": phase}
             for key, name in (("stock", STOCK), ("ours", OURS)):
-                install(trainers[name], gaussians, phase)
+                install(trainers[name], these, phase)
                 run_steps(trainers[name], START, args.warmup)
             trials: Dict[str, List[float]] = {"stock": [], "ours": []}
             step = START + args.warmup
@@ -166,11 +247,12 @@ def measure(args) -> Dict[str, Any]:
                 case[f"{key}_ms"] = statistics.median(trials[key])
                 prof = profile(tr, step, args.profile_steps)
                 case[f"{key}_gpu_ms"] = prof.pop("gpu_ms")
+                prof["host_ms"] = host_breakdown(tr, step + args.profile_steps, args.profile_steps)
                 case.setdefault("profile", {})[key] = prof
                 assert tr.pipeline.model.num_points == case["gaussians"], "the count changed during the timed steps"
             case["speedup"] = round(case["stock_ms"] / case["ours_ms"], 3)
             cases.append(case)
-            print(f"step_time: {args.scene} x{d} {phase}: stock {case['stock_ms']:.2f} ms (GPU {case['stock_gpu_ms']:.2f}), "
+            print(f"step_time: {args.scene} x{d} {phase} {case['gaussians']:,}: stock {case['stock_ms']:.2f} ms (GPU {case['stock_gpu_ms']:.2f}), "
                   f"ours {case['ours_ms']:.2f} ms (GPU {case['ours_gpu_ms']:.2f}), {case['speedup']:.2f}x", flush=True)
         del trainers
         torch.cuda.empty_cache()
@@ -191,12 +273,25 @@ def table(result: Dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def breakdown_table(result: Dict[str, Any]) -> str:
+    """Markdown table of the host ms per step of each part (:func:`host_breakdown`), per case and method."""
+    parts = list(BREAKDOWN) + ["callbacks_before", "callbacks_after", "other"]
+    rows = ["| case | method | wall ms | GPU ms | " + " | ".join(parts) + " |", "| --- " * (len(parts) + 4) + "|"]
+    for c in result["cases"]:
+        for key in ("stock", "ours"):
+            host = c.get("profile", {}).get(key, {}).get("host_ms", {})
+            rows.append(f"| {c['phase']} {c['width']}x{c['height']} {c['gaussians']:,} | {key} | {c[key + '_ms']:.2f} | "
+                        f"{c[key + '_gpu_ms']:.2f} | " + " | ".join(f"{host.get(n, float('nan')):.2f}" for n in parts) + " |")
+    return "\n".join(rows)
+
+
 def main(argv: Optional[List[str]] = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, type=Path, help="a nerfstudio-data scene (transforms.json)")
     p.add_argument("--scene", default="fox")
     p.add_argument("--downscales", default="2,1", help="comma-separated downscale factors; the first trains the base model")
     p.add_argument("--phases", default="densify,refine")
+    p.add_argument("--fractions", default="1", help="comma-separated fractions of the base model's Gaussians, each a case (a random subset)")
     p.add_argument("--train-steps", type=int, default=3000)
     p.add_argument("--scale", type=float, default=0.5, help="quick protocol's schedule factor for the base model")
     p.add_argument("--steps", type=int, default=300, help="steps of one timed trial")
@@ -212,11 +307,15 @@ def main(argv: Optional[List[str]] = None) -> Path:
         raise SystemExit(f"step_time: no transforms.json in {args.data}")
     args.downscales = [int(x) for x in args.downscales.split(",")]
     args.phases = [x for x in args.phases.split(",") if x]
+    args.fractions = [float(x) for x in args.fractions.split(",") if x]
+    if not all(0.0 < f <= 1.0 for f in args.fractions):
+        raise SystemExit(f"step_time: --fractions must be in (0, 1], got {args.fractions}")
     result = measure(args)
     result["command"] = "python -m benchmarks.step_time " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
+    print(breakdown_table(result))
     return args.out
 
 

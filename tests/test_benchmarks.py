@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import report, run, scenes
 
@@ -400,3 +401,23 @@ def test_quick_protocol_scales_step_options_but_leaves_off_switches_off(tmp_path
                            tmp_path, None)
     assert cfg.pipeline.model.stop_screen_size_at == 0
     assert cfg.pipeline.model.irp_last == 9000  # a flag is taken at the protocol's scale, as given
+
+
+def test_host_breakdown_times_each_part_of_a_real_step_and_puts_the_methods_back(demo_scene, tmp_path):
+    """benchmarks.step_time.host_breakdown on a splatfacto-argp trainer (CPU, the twin): every part of the step is
+    timed, the parts and the rest add up to the wall time, and the wrapped methods are the originals again after."""
+    from benchmarks import scenes, step_time
+
+    opts = scenes.SceneOptions(dataparser="blender-data", background="white", ply_path="points3d.ply")
+    cfg = run.build_config("splatfacto-argp", ["--pipeline.model.scored-prune", "False", "--pipeline.model.report-psnr", "off"],
+                           opts, demo_scene, 0.5, "cpu", tmp_path, 8)
+    trainer = cfg.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    model_fn, backward = trainer.pipeline.model.get_outputs, torch.autograd.backward
+    ms = step_time.host_breakdown(trainer, 0, 2)
+    assert set(ms) == set(step_time.BREAKDOWN) | {"callbacks_before", "callbacks_after", "other"}
+    assert all(ms[name] > 0 for name in step_time.BREAKDOWN), ms
+    assert "get_outputs" not in vars(trainer.pipeline.model) and torch.autograd.backward is backward
+    assert trainer.pipeline.model.get_outputs == model_fn
+    half = step_time.subset({"means": torch.arange(10.0)[:, None], "scales": torch.arange(10.0)[:, None] * 2}, 0.3)
+    assert half["means"].shape[0] == 3 and torch.equal(half["scales"], half["means"] * 2)
