@@ -26,6 +26,8 @@ def test_entry_points_discovered():
 def test_configs_match_splatfacto():
     from nerfstudio.configs.method_configs import all_methods
 
+    from argp_ns.method_config import ARGP_MEANS_LR_FINAL
+
     base = all_methods["splatfacto"]
     for name in ("splatfacto-argp", "splatfacto-safeguard", "splatfacto-mcmc"):
         cfg = all_methods[name]
@@ -33,6 +35,11 @@ def test_configs_match_splatfacto():
         assert set(cfg.optimizers) == set(base.optimizers)
         for key, opt in base.optimizers.items():
             assert cfg.optimizers[key]["optimizer"].lr == opt["optimizer"].lr
+            if opt["scheduler"] is not None:  # the same schedules, but for ARGP's slower position decay
+                ours_s, theirs_s = cfg.optimizers[key]["scheduler"], opt["scheduler"]
+                slower = name == "splatfacto-argp" and key == "means"
+                assert ours_s.lr_final == (ARGP_MEANS_LR_FINAL if slower else theirs_s.lr_final), (name, key)
+                assert ours_s.max_steps == theirs_s.max_steps
         ours, theirs = cfg.pipeline.datamanager, base.pipeline.datamanager
         assert type(ours) is LeanDatamanagerConfig and isinstance(ours, type(theirs))  # the lean step's datamanager
         for f in dataclasses.fields(theirs):  # with splatfacto's settings
