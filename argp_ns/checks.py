@@ -118,12 +118,28 @@ def check_run_data(datamanager_config, config_path: Optional[Path]) -> None:
                           f"place as the dataparser's data:{where}")
 
 
-def check_export_dir(output_dir: Path) -> None:
-    """``ns-export``'s ``--output-dir``: a folder that can be made or written in (not a file)."""
+def check_export_dir(output_dir: Path, output_filename: Optional[str] = None) -> None:
+    """``ns-export``'s ``--output-dir``: a folder that can be made or written in (not a file); and the file it will
+    write there (``output_filename``, gaussian-splat's ``splat.ply``), if it exists, a file that can be written."""
     try:
         check_writable(output_dir)
     except ConfigError as err:
         raise ConfigError(f"ns-export --output-dir: {err}; choose another --output-dir") from None
+    target = Path(output_dir) / output_filename if output_filename else None
+    if target is not None and target.is_dir():
+        raise ConfigError(f"ns-export: {target} is a folder; remove it or choose another --output-dir")
+    if target is not None and target.exists() and not writable_file(target):
+        raise ConfigError(f"ns-export: {target} exists and cannot be overwritten; choose another --output-dir")
+
+
+def writable_file(path: Path) -> bool:
+    """An existing file can be opened for writing (this also sees the immutable flag and read-only mounts, which
+    ``os.access`` does not); the file is left as it was."""
+    try:
+        with open(path, "r+b"):
+            return True
+    except OSError:
+        return False
 
 
 def checkpoint_readable(path: Path) -> bool:
@@ -187,46 +203,67 @@ def _parse_error(parser: str, data: Path, err: BaseException) -> str:
     return f"nerfstudio's {parser} dataparser cannot read {data}: {type(err).__name__}: {err}".rstrip(": ")
 
 
+def jpeg_complete(path: Path, tail: int = 4096) -> bool:
+    """The JPEG file ends with its end-of-image marker FF D9 within its last ``tail`` bytes (PIL's ``verify`` does
+    not read a JPEG's scan data; in that data an FF byte is always followed by 00, so FF D9 there is the marker)."""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - tail))
+        return b"\xff\xd9" in f.read()
+
+
 def check_dataset(dataparser_config, data: Optional[Path]) -> None:
     """The dataset as the run will read it, before any folder is made: nerfstudio's own dataparser parses it (the
-    transforms or COLMAP model, the seed points file), then each training and held-out image's header is read
-    (PIL opens it without decoding the pixels) and its size compared with its camera's."""
+    transforms or COLMAP model, the seed points file, for the train, val and test splits), then each image's header
+    is read and its size compared with its camera's, and the file checked for truncation without decoding its
+    pixels (PNG: PIL's ``verify``; JPEG: :func:`jpeg_complete`)."""
     from PIL import Image, UnidentifiedImageError
 
     check_data(data)
     parser = type(dataparser_config).__name__.replace("DataParserConfig", "").lower() or "its"
     config = dataclasses.replace(dataparser_config, data=Path(data))  # the datamanager's --data, as nerfstudio sets it
     root = Path(data) if Path(data).is_dir() else Path(data).parent
-    for transforms in [Path(data)] if Path(data).suffix == ".json" else [root / "transforms.json", root / "transforms_train.json"]:
+    for transforms in [Path(data)] if Path(data).suffix == ".json" else [root / "transforms.json", *sorted(root.glob("transforms_*.json"))]:
         try:
             frames = json.loads(transforms.read_text(encoding="utf-8")).get("frames")
-        except (OSError, ValueError, AttributeError):
-            continue  # absent or unreadable: the dataparser's own reading below names the fault
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"the transforms file {transforms} is not UTF-8 text ({err.reason})") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"the transforms file {transforms} is not valid JSON ({err.msg}, line {err.lineno})") from None
+        except (OSError, AttributeError):
+            continue  # absent, or not a JSON object: the dataparser's own reading below names the fault
         if frames == []:
             raise ConfigError(f"the transforms file {transforms} lists no frames")
     outputs = {}
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):  # training evaluates on "val" (blender: transforms_val.json), ns-eval on "test"
         try:
             outputs[split] = config.setup().get_dataparser_outputs(split=split)
         except (OSError, ValueError, KeyError, AssertionError, IndexError, TypeError, UnicodeDecodeError) as err:
             raise ConfigError(_parse_error(parser, Path(data), err)) from None
     ply = getattr(config, "ply_path", None)
     if ply is not None and not (root / ply).is_file():
-        raise ConfigError(f"the seed points file {root / ply} does not exist (--ply-path is relative to --data)")
+        relative = "" if Path(ply).is_absolute() else " (--ply-path is relative to --data)"
+        raise ConfigError(f"the seed points file {root / ply} does not exist{relative}")
     points = outputs["train"].metadata.get("points3D_xyz")
     if ply is not None and points is not None and len(points) == 0:
         raise ConfigError(f"the seed points file {root / ply} holds no points")
     if not outputs["train"].image_filenames:
         raise ConfigError(f"the dataset {data} has no training images (its transforms or COLMAP model lists no frames)")
+    seen = set()
     for split, out in outputs.items():
         widths, heights = out.cameras.width.flatten().tolist(), out.cameras.height.flatten().tolist()
         for path, w, h in zip(out.image_filenames, widths, heights):
+            if path in seen:
+                continue
+            seen.add(path)
             try:
                 with Image.open(path) as img:
-                    size = img.size
+                    size, kind = img.size, img.format
+                    img.verify()  # PNG: every chunk and its CRC, without decoding the pixels (about 0.5 ms at 800x532)
             except FileNotFoundError:
                 raise ConfigError(f"image {path} is missing (the dataset lists it)") from None
-            except (UnidentifiedImageError, OSError) as err:
-                raise ConfigError(f"image {path} cannot be decoded ({type(err).__name__})") from None
+            except (UnidentifiedImageError, OSError, SyntaxError) as err:
+                raise ConfigError(f"image {path} cannot be decoded ({err or type(err).__name__})") from None
+            if kind == "JPEG" and not jpeg_complete(Path(path)):
+                raise ConfigError(f"image {path} is truncated (no JPEG end marker)")
             if tuple(size) != (int(w), int(h)):
                 raise ConfigError(f"image {path} is {size[0]}x{size[1]} but its camera says {int(w)}x{int(h)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,21 +74,35 @@ class Demo:
 
     def main(self) -> None:
         from argp_ns.demo_scene import make_demo_scene
+        from argp_ns.trainer import RESUME_HINT
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device not in ("cpu", "cuda"):
+            sys.exit(f"argp-ns demo: --device must be cpu or cuda, got {device}")
+        if device == "cuda" and not torch.cuda.is_available():
+            sys.exit("argp-ns demo: --device cuda, but there is no CUDA GPU (torch.cuda.is_available() is False); use --device cpu")
         flags: List[str] = demo_flags(self.method) if device == "cpu" else []
         scene = self.output_dir / "scene"
-        if not (scene / "transforms_train.json").exists():
+        made = not (scene / "transforms_train.json").exists()
+        if made:
             make_demo_scene(scene)
         env = dict(os.environ, TORCHDYNAMO_DISABLE=os.environ.get("TORCHDYNAMO_DISABLE", "1" if device == "cpu" else "0"))
+        env[RESUME_HINT] = "run the same argp-ns demo command again to continue from it"  # ns-train's one line on Ctrl-C
         resume = self.resume_flags(CPU_SCHEDULE["max-num-iterations"] if device == "cpu" else None)
         if resume:
             flags = [f for f in flags if not f.startswith("--max-num-iterations")]
         t0 = time.time()
-        run(["ns-train", self.method, "--machine.device-type", device, "--vis", "tensorboard",
-             "--output-dir", str(self.output_dir / "runs"), "--experiment-name", "demo", "--timestamp", "latest",
-             "--steps-per-eval-all-images", "1000000", "--pipeline.model.background-color", "white", *flags, *resume,
-             "blender-data", "--data", str(scene), "--ply-path", "points3d.ply"], env)
+        try:
+            run(["ns-train", self.method, "--machine.device-type", device, "--vis", "tensorboard",
+                 "--output-dir", str(self.output_dir / "runs"), "--experiment-name", "demo", "--timestamp", "latest",
+                 "--steps-per-eval-all-images", "1000000", "--pipeline.model.background-color", "white", *flags, *resume,
+                 "blender-data", "--data", str(scene), "--ply-path", "points3d.ply"], env)
+        except SystemExit:
+            if made and not (self.output_dir / "runs").exists():  # stopped at its start checks: leave nothing behind
+                shutil.rmtree(scene)
+                if not any(self.output_dir.iterdir()):
+                    self.output_dir.rmdir()
+            raise
         train_s = time.time() - t0
         config = self.output_dir / "runs" / "demo" / self.method / "latest" / "config.yml"
         metrics = self.output_dir / "metrics.json"
@@ -139,6 +154,8 @@ def run(cmd: List[str], env: dict) -> None:
         code = proc.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
+    if interrupted and cmd[0] == "ns-train":
+        sys.exit(130)  # ns-train said where its checkpoint is and how to continue, in its one line
     if interrupted:
         sys.exit("argp-ns demo: interrupted; run the same argp-ns demo command again to continue from the checkpoint")
     if code:

@@ -25,10 +25,9 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -150,12 +149,12 @@ def install() -> None:
 
     if not getattr(SplatfactoModel.get_image_metrics_and_images, "__argp_ns_wrapped__", False):
         SplatfactoModel.get_image_metrics_and_images = _wrap_image_metrics(SplatfactoModel.get_image_metrics_and_images)
+    note_export_dirs()
     explain_script_faults()
 
 
 # --- nerfstudio 1.1.5's ns-eval and ns-export: their options, from their own command line ---------------------------
 
-_IMPORTED_AT = time.time()
 SCRIPTS = {"ns-eval": ("nerfstudio.scripts.eval", "ComputePSNR"), "ns-export": ("nerfstudio.scripts.exporter", "Commands")}
 """nerfstudio's scripts that load a run through ``eval_setup``: console-script name -> (module, the type its
 ``entrypoint`` hands ``tyro.cli``)."""
@@ -188,21 +187,33 @@ def running_script() -> Optional[Any]:
 
 def script_fault_line(err: BaseException) -> Optional[str]:
     """The one line for an error nerfstudio 1.1.5's ns-eval or ns-export raises before any code of this plugin runs,
-    or None for any other error: its ``--load-config`` does not exist (``eval_setup`` reads it first), or ns-export
-    cannot make its ``--output-dir`` (made before the run is loaded; ``err.filename`` is that folder or the ancestor
+    or None for any other error: its ``--load-config`` cannot be read (missing, a folder, unreadable: ``eval_setup``
+    reads it first) or is not a training run's config (``eval_setup`` asserts a ``TrainerConfig``), or ns-export cannot
+    make its ``--output-dir`` (made before the run is loaded; ``err.filename`` is that folder or the ancestor
     ``mkdir(parents=True)`` failed on)."""
+    options = running_script()
+    config = getattr(options, "load_config", None)
+    if isinstance(err, AssertionError) and config is not None and _raised_in(err, "eval_setup"):
+        return (f"argp_ns: {script_name()} --load-config {config} is not a training run's config.yml (it holds no "
+                "nerfstudio TrainerConfig)")
     if not isinstance(err, OSError) or err.filename is None:
         return None
-    options = running_script()
     path = Path(err.filename)
-    config = getattr(options, "load_config", None)
-    if isinstance(err, FileNotFoundError) and config is not None and path == Path(config):
-        return (f"argp_ns: {script_name()} --load-config {config} does not exist: give the config.yml a training run "
-                "wrote (outputs/<experiment>/<method>/<timestamp>/config.yml)")
+    if config is not None and path == Path(config):
+        what = {FileNotFoundError: "does not exist", IsADirectoryError: "is a folder"}.get(type(err), f"cannot be read ({err.strerror})")
+        return f"argp_ns: {script_name()} --load-config {config} {what}: give the config.yml a training run wrote (outputs/<experiment>/<method>/<timestamp>/config.yml)"
     out = getattr(options, "output_dir", None)
     if out is not None and (path == Path(out) or path in Path(out).parents):
         return f"argp_ns: ns-export --output-dir: cannot create {out} ({path}: {err.strerror}); choose another --output-dir"
     return None
+
+
+def _raised_in(err: BaseException, function: str) -> bool:
+    """``err`` was raised by a function of this name (the last frame of its traceback)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == function
 
 
 def explain_script_faults() -> None:
@@ -242,12 +253,43 @@ def guard_eval_checkpoints(before: Callable[[Any], None]) -> None:
     eval_utils.eval_load_checkpoint = eval_load_checkpoint
 
 
+def _existing_ancestor(path: Path) -> Path:
+    """The deepest part of ``path`` (made absolute) that exists."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _argv_output_dirs() -> List[Path]:
+    """The ``--output-dir`` values of this process's command line (read before ns-export's own parser runs)."""
+    args = sys.argv[1:]
+    flags = ("--output-dir", "--output_dir")
+    values = [b for a, b in zip(args, args[1:]) if a in flags]
+    return [Path(v) for v in values + [a.split("=", 1)[1] for a in args if a.startswith(tuple(f + "=" for f in flags))]]
+
+
+_EXISTED_AT_IMPORT: Dict[Path, Path] = {}
+"""ns-export only: each ``--output-dir`` of the command line -> its deepest part that existed when argp_ns was imported
+(before ns-export makes the folder), so that :func:`remove_new_export_dir` removes exactly the folders it made."""
+
+
+def note_export_dirs() -> None:
+    """In an ns-export process, record the part of each ``--output-dir`` that exists now (run at import, before
+    ns-export makes the folder)."""
+    if script_name() == "ns-export":
+        _EXISTED_AT_IMPORT.update({d: _existing_ancestor(d) for d in _argv_output_dirs()})
+
+
 def remove_new_export_dir() -> None:
-    """``ns-export`` makes its output folder before it loads the run: remove it if it is empty and not older
-    than this process's import of argp_ns (so a folder the user made before is kept)."""
+    """``ns-export`` makes its output folder (and any missing parents) before it loads the run: remove the ones it
+    made, from the deepest up, while they are empty; a folder that existed before is kept."""
     exporter = running_script()
     if exporter is None or not hasattr(exporter, "output_dir"):
         return
-    out = Path(exporter.output_dir)
-    if out.is_dir() and not any(out.iterdir()) and out.stat().st_mtime >= _IMPORTED_AT - 2.0:
-        out.rmdir()
+    out = Path(exporter.output_dir).absolute()
+    existed = _EXISTED_AT_IMPORT.get(Path(exporter.output_dir), out)
+    for folder in [out, *out.parents]:  # deepest first, up to the part that existed
+        if folder == existed or not folder.is_dir() or any(folder.iterdir()):
+            break
+        folder.rmdir()

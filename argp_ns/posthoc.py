@@ -86,8 +86,9 @@ class Prune(ScoreRuleOptions, BackendOption):
         if self.output_dir.exists():
             raise PosthocError(f"output directory {self.output_dir} exists; nothing was overwritten")
         check_writable(self.output_dir)
-        source = self.load_config.absolute().parent  # the run folder: its config.yml beside its checkpoints
-        inside = source == self.output_dir.absolute() or source in self.output_dir.absolute().parents
+        source = self.load_config.resolve().parent  # the run folder (its config.yml beside its checkpoints), links followed
+        target = self.output_dir.resolve()  # the existing part with its links followed: a link into the run is inside it
+        inside = source == target or source in target.parents
         if inside and (source / "nerfstudio_models").is_dir():
             raise PosthocError(f"output directory {self.output_dir} is inside the source run {source}; a later run there "
                                "could overwrite its source: choose a folder outside it")

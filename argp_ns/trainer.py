@@ -15,6 +15,7 @@ the output paths of the ``ns-eval`` or ``ns-export`` loading it before the pipel
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import signal
 import threading
@@ -32,6 +33,17 @@ from argp_ns.checks import (CHECKPOINT, ConfigError, check_dataset, check_device
 from argp_ns.compat import guard_eval_checkpoints, remove_new_export_dir, running_script
 from argp_ns.model import LeanModelConfig
 from argp_ns.pipeline import as_pruning_pipeline
+
+RESUME_HINT = "ARGP_NS_RESUME_HINT"
+"""Environment variable: how to resume, said in the one line a Ctrl-C ends training with, in place of the ns-train
+flags (``argp-ns demo`` sets it: its own rerun continues)."""
+
+def interrupt_line(step: int, checkpoint_dir: Path, left: int) -> str:
+    """The one line a Ctrl-C ends training with: the step saved, where, and how to resume (:data:`RESUME_HINT`'s
+    text when set, else the ns-train flags that train the ``left`` steps to the planned end)."""
+    resume = os.environ.get(RESUME_HINT) or f"resume with the same ns-train command plus --load-dir {checkpoint_dir} --max-num-iterations {left}"
+    return f"argp_ns: interrupted after step {step}; checkpoint saved in {checkpoint_dir}; {resume}"
+
 
 _CHECKED: "weakref.WeakValueDictionary[int, ArgpTrainerConfig]" = weakref.WeakValueDictionary()
 """The configs :meth:`ArgpTrainerConfig.checked` has checked, by id."""
@@ -173,8 +185,7 @@ class ArgpTrainer(Trainer):
             return "argp_ns: interrupted before the first step; nothing to save"
         self.save_checkpoint(step)
         left = self._start_step + self.config.max_num_iterations - (step + 1)  # a resume trains max_num_iterations more
-        return (f"argp_ns: interrupted after step {step}; checkpoint saved in {self.checkpoint_dir}; resume with the same "
-                f"ns-train command plus --load-dir {self.checkpoint_dir} --max-num-iterations {left}")
+        return interrupt_line(step, self.checkpoint_dir, left)
 
     def remove_new_run_dir(self) -> None:
         """Remove the run folder (and the parents made with it) if this process made it and it holds no checkpoint."""
@@ -223,7 +234,7 @@ def check_script_outputs(config: "ArgpTrainerConfig") -> None:
         if hasattr(script, "output_path"):
             check_eval_output(script.output_path, getattr(script, "render_output_path", None))
         elif hasattr(script, "output_dir"):
-            check_export_dir(script.output_dir)
+            check_export_dir(script.output_dir, getattr(script, "output_filename", None))
     except ConfigError as err:  # a file or a folder that cannot be written: neither is one ns-export just made
         raise fail(err) from None
     if script is not None:

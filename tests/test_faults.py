@@ -189,6 +189,30 @@ def first_train_image(data: Path) -> Path:
     return data / (name if name.endswith(".png") else name + ".png")
 
 
+def empty_yml(ctx: Ctx) -> Path:
+    path = ctx.tmp / "empty.yml"
+    path.write_text("")
+    return path
+
+
+def splat_folder(ctx: Ctx) -> Path:
+    """A watched export folder whose splat.ply is a folder."""
+    (ctx.tmp / "exp" / "splat.ply").mkdir(parents=True)
+    ctx.watch(ctx.tmp / "exp")
+    return ctx.tmp / "exp"
+
+
+def link_to(link: Path, target: Path) -> Path:
+    link.symlink_to(target, target_is_directory=True)
+    return link
+
+
+def truncate_file(path: Path, size: int) -> None:
+    """Cut ``path`` to its first ``size`` bytes (a negative size: all but the last -size)."""
+    data = path.read_bytes()
+    path.write_bytes(data[:size])
+
+
 def resized_image(data: Path) -> None:
     from PIL import Image
 
@@ -203,6 +227,15 @@ DATA_CASES: Dict[str, tuple] = {
     "data-transforms-not-utf8": (lambda d: (d / "transforms_train.json").write_bytes(b'{"frames": "\xff\xfe"}'), "not UTF-8"),
     "data-image-not-decodable": (lambda d: first_train_image(d).write_bytes(b"not a png"), "cannot be decoded"),
     "data-image-wrong-size": (resized_image, "is 10x7 but its camera says"),
+    "data-image-truncated": (lambda d: truncate_file(first_train_image(d), 200), "cannot be decoded (Truncated File Read)"),
+    "data-held-out-image-truncated": (lambda d: truncate_file(d / "test" / "r_1.png", -10), "r_1.png cannot be decoded (truncated PNG file)"),
+    "data-val-no-frames": (lambda d: (d / "transforms_val.json").write_text('{"camera_angle_x": 0.7, "frames": []}'),
+                           "transforms_val.json lists no frames"),
+    "data-val-not-json": (lambda d: (d / "transforms_val.json").write_text("{frames: ["), "transforms_val.json is not valid JSON"),
+    "data-val-not-utf8": (lambda d: (d / "transforms_val.json").write_bytes(b'{"frames": "\xff\xfe"}'), "transforms_val.json is not UTF-8"),
+    "data-val-no-camera-angle": (lambda d: (d / "transforms_val.json").write_text('{"frames": [{"file_path": "./test/r_0", "transform_matrix": '
+                                                                                  '[[1,0,0,0],[0,1,0,0],[0,0,1,3],[0,0,0,1]]}]}'),
+                                 "lacks the field 'camera_angle_x'"),
     "data-seed-points-missing": (lambda d: (d / "points3d.ply").unlink(), "points3d.ply does not exist (--ply-path is relative"),
     "data-seed-points-empty": (lambda d: (d / "points3d.ply").write_text("ply\nformat ascii 1.0\nelement vertex 0\n"
                                                                         "property float x\nproperty float y\nproperty float z\nend_header\n"),
@@ -214,11 +247,13 @@ def run_script(*argv: str) -> str:
     """A nerfstudio script run in this process as its console script runs it (``sys.argv`` set, its ``entrypoint``
     called); the line it exits with."""
     import importlib
-    import sys
     from unittest import mock
+
+    from argp_ns import compat
 
     module = {"ns-eval": "nerfstudio.scripts.eval", "ns-export": "nerfstudio.scripts.exporter"}[argv[0]]
     with mock.patch.object(sys, "argv", [str(a) for a in argv]):
+        compat.note_export_dirs()  # what importing argp_ns does in a real ns-export process, before the script runs
         return exit_message(importlib.import_module(module).entrypoint)
 
 
@@ -273,6 +308,8 @@ CASES: Dict[str, tuple] = {
     "prune-config-not-yaml": (not_yaml, "is not a nerfstudio config.yml"),
     "prune-output-not-writable": (lambda c: prune(c, "--output-dir", "/proc/argp-ns-test/out"), "cannot create /proc/argp-ns-test/out"),
     "prune-output-under-a-file": (lambda c: prune(c, "--output-dir", str(c.run / "out")), "is a file, not a folder"),
+    "prune-output-through-a-link-into-the-run": (lambda c: prune(c, "--output-dir", str(link_to(c.tmp / "lnk", c.run.parent) / "p")),
+                                                 "is inside the source run"),
     # ns-train
     "train-prune-quantile-0": (lambda c: ns_train(c, extra=["--pipeline.model.prune-quantile=0"]), "argp_ns: prune_quantile must be in (0, 1), got 0.0"),
     "train-prune-quantile-1": (lambda c: ns_train(c, extra=["--pipeline.model.prune-quantile=1"]), "argp_ns: prune_quantile must be in (0, 1), got 1.0"),
@@ -324,6 +361,12 @@ CASES: Dict[str, tuple] = {
                                 "argp_ns: ns-eval --load-config "),
     "cli-export-missing-config": (lambda c: command(c, "ns-export", "gaussian-splat", "--load-config", str(c.tmp / "missing.yml"),
                                                     "--output-dir", str(c.out)), "missing.yml does not exist: give the config.yml"),
+    "cli-eval-config-is-a-folder": (lambda c: command(c, "ns-eval", "--load-config", str(c.tmp), "--output-path", str(c.out / "m.json")),
+                                    "is a folder: give the config.yml a training run wrote"),
+    "cli-export-config-not-a-run": (lambda c: command(c, "ns-export", "gaussian-splat", "--load-config", str(empty_yml(c)),
+                                                      "--output-dir", str(c.out / "a" / "b")),  # out, out/a and out/a/b made, then removed
+                                    "empty.yml is not a training run's config.yml"),
+    "export-splat-ply-is-a-folder": (lambda c: ns_export(c, c.run, splat_folder(c)), "splat.ply is a folder; remove it or choose another --output-dir"),
     "cli-export-output-new-under-a-file": (lambda c: command(c, "ns-export", "gaussian-splat", "--load-config", str(c.run),
                                                              "--output-dir", str(a_file(c) / "splat")),
                                            "a-file/splat: Not a directory); choose another --output-dir"),
@@ -341,7 +384,11 @@ for _name, (_damage, _expected) in DATA_CASES.items():
 if not torch.backends.mps.is_available():
     CASES["train-mps-without-mps"] = (lambda c: exit_message(lambda: train_main(train_args("splatfacto-argp", c.scene, c.out, device="mps"))),
                                       "argp_ns: no Apple MPS device on this machine")
+CASES["cli-demo-device-mps"] = (lambda c: command(c, "argp-ns", "demo", "--device", "mps", "--output-dir", str(c.out)),
+                                "argp-ns demo: --device must be cpu or cuda, got mps")
 if not torch.cuda.is_available():
+    CASES["cli-demo-cuda-without-cuda"] = (lambda c: command(c, "argp-ns", "demo", "--device", "cuda", "--output-dir", str(c.out)),
+                                           "argp-ns demo: --device cuda, but there is no CUDA GPU")
     CASES["cli-train-without-cuda"] = (lambda c: command(c, "ns-train", *train_args("splatfacto-argp", c.scene, c.out, device=None)),
                                        "argp_ns: no CUDA GPU found (torch.cuda.is_available() is False); add --machine.device-type cpu")
 
@@ -352,7 +399,7 @@ def test_bad_input_ends_in_one_line_and_leaves_nothing(case, demo_run, demo_scen
     before = hashes(demo_run.parents[3], demo_scene)
     run_case, expected = CASES[case]
     line = run_case(ctx)
-    assert "\n" not in line and line.startswith(("argp_ns:", "argp-ns prune:")), line
+    assert "\n" not in line and line.startswith(("argp_ns:", "argp-ns prune:", "argp-ns demo:")), line
     assert expected in line, line
     assert not ctx.out.exists(), sorted(ctx.out.rglob("*"))
     assert hashes(demo_run.parents[3], demo_scene) == before
@@ -468,3 +515,59 @@ def test_nerfstudio_own_early_faults_are_one_line_and_others_keep_their_tracebac
     assert compat.script_fault_line(ValueError("x")) is None
     monkeypatch.setattr(sys, "argv", ["ns-train", "splatfacto"])
     assert compat.script_fault_line(denied) is None
+
+
+def test_a_truncated_jpeg_is_found_without_decoding_it(tmp_path):
+    """checks.jpeg_complete: a whole JPEG ends with its end marker, one cut short does not (PIL's verify passes both)."""
+    import numpy as np
+    from PIL import Image
+
+    from argp_ns.checks import jpeg_complete
+
+    path = tmp_path / "a.jpg"
+    Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype("uint8")).save(path, quality=90)
+    assert jpeg_complete(path)
+    truncate_file(path, path.stat().st_size // 2)
+    assert not jpeg_complete(path)
+
+
+def test_a_missing_absolute_seed_points_path_is_named_as_given(demo_scene, tmp_path):
+    from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+
+    from argp_ns.checks import ConfigError, check_dataset
+
+    missing = tmp_path / "nowhere.ply"
+    with pytest.raises(ConfigError) as err:
+        check_dataset(BlenderDataParserConfig(ply_path=missing), demo_scene)
+    assert str(err.value) == f"the seed points file {missing} does not exist"
+
+
+def test_a_failed_export_keeps_the_folders_that_were_there(tmp_path):
+    """ns-export fails before the run is read (no such config): the folders it made under --output-dir go, the folder
+    that existed before stays."""
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    ctx = Ctx(run=tmp_path, scene=tmp_path, tmp=tmp_path, out=tmp_path / "unused")
+    line = command(ctx, "ns-export", "gaussian-splat", "--load-config", str(tmp_path / "missing.yml"), "--output-dir", str(keep / "new" / "deeper"))
+    assert "missing.yml does not exist" in line
+    assert keep.is_dir() and not any(keep.iterdir())
+
+
+def test_a_demo_whose_training_stops_at_start_leaves_no_scene(tmp_path, monkeypatch):
+    """argp-ns demo: when ns-train stops at its start checks (no run folder), the scene this demo made is removed with
+    the output folder it made; a Ctrl-C's line names the demo's own rerun as the way to resume."""
+    from argp_ns import cli
+    from argp_ns.trainer import RESUME_HINT, interrupt_line
+
+    def refused(cmd, env):
+        assert env[RESUME_HINT].startswith("run the same argp-ns demo command again")
+        sys.exit("argp_ns: refused at start")
+
+    monkeypatch.setattr(cli, "run", refused)
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit):
+        cli.Demo(output_dir=out, device="cpu").main()
+    assert not out.exists()
+    monkeypatch.setenv(RESUME_HINT, "run the same argp-ns demo command again to continue from it")
+    assert interrupt_line(7, tmp_path, 3) == (f"argp_ns: interrupted after step 7; checkpoint saved in {tmp_path}; run the same "
+                                              "argp-ns demo command again to continue from it")
