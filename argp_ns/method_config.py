@@ -1,7 +1,7 @@
 """The nerfstudio methods (the two pruning methods, their -big variants, and the MCMC baseline), registered through the ``nerfstudio.method_configs`` entry point.
 
-Both are built like nerfstudio's ``splatfacto`` (the same datamanager settings, optimizers, schedules, 30k steps);
-only the model config differs.
+All are built like nerfstudio's ``splatfacto`` (the same datamanager settings, optimizers, schedules, 30k steps);
+the model config differs, and ``splatfacto-argp``'s position learning rate decays to :data:`ARGP_MEANS_LR_FINAL`.
 """
 
 from __future__ import annotations
