@@ -421,3 +421,23 @@ def test_host_breakdown_times_each_part_of_a_real_step_and_puts_the_methods_back
     assert trainer.pipeline.model.get_outputs == model_fn
     half = step_time.subset({"means": torch.arange(10.0)[:, None], "scales": torch.arange(10.0)[:, None] * 2}, 0.3)
     assert half["means"].shape[0] == 3 and torch.equal(half["scales"], half["means"] * 2)
+
+
+def test_diff_images_compares_two_runs_view_by_view(demo_scene, tmp_path):
+    """benchmarks.diff_images on two copies of a stored run (CPU, the twin): a sheet per view (a row per run and the
+    signed difference), the same PSNR for both and no pixel worse; a view outside the split is one line."""
+    from PIL import Image
+    from test_options import old_run
+
+    from benchmarks import diff_images
+
+    a, b = old_run(tmp_path / "a", demo_scene), old_run(tmp_path / "b", demo_scene)
+    summary = diff_images.main(["--runs", str(a), str(b), "--views", "0,2", "--out", str(tmp_path / "diff")])
+    assert [v["view"] for v in summary["views"]] == [0, 2]
+    for row in summary["views"]:
+        assert row["psnr"][0] == row["psnr"][1] > 5 and row["worse_share"] == 0.0
+        sheet = Image.open(tmp_path / "diff" / row["image"])
+        assert sheet.size == (3 * 48, 3 * 48)
+    assert json.loads((tmp_path / "diff" / "diff-images.json").read_text())["runs"] == [str(a), str(b)]
+    with pytest.raises(SystemExit, match=r"views \[9\] are not held-out views"):
+        diff_images.main(["--runs", str(a), "--views", "9", "--out", str(tmp_path / "d2")])
