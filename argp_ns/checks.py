@@ -200,7 +200,32 @@ def _parse_error(parser: str, data: Path, err: BaseException) -> str:
         return f"the dataset {data} lacks the field {err.args[0]!r} that nerfstudio's {parser} dataparser needs"
     if name:
         return f"{getattr(err, 'strerror', None) or type(err).__name__}: {name}"
+    culprit = _file_in_traceback(err, data)
+    if culprit is not None:
+        return f"nerfstudio's {parser} dataparser cannot read {culprit}: {type(err).__name__}: {err}".rstrip(": ")
     return f"nerfstudio's {parser} dataparser cannot read {data}: {type(err).__name__}: {err}".rstrip(": ")
+
+
+def _file_in_traceback(err: BaseException, data: Path) -> Optional[Path]:
+    """The file of the dataset that the innermost frame of ``err``'s traceback was reading (a local variable of that
+    frame naming an existing file under ``data``), for errors that do not name it (e.g. PIL's "image file is
+    truncated" when the dataparser reads its first image)."""
+    root = (Path(data) if Path(data).is_dir() else Path(data).parent).resolve()
+    frames = []
+    tb = err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, (str, Path)) and len(str(value)) < 4096:
+                try:
+                    path = Path(value).resolve()
+                    if path.is_file() and root in path.parents:
+                        return path
+                except (OSError, ValueError):
+                    continue
+    return None
 
 
 def jpeg_complete(path: Path, tail: int = 4096) -> bool:

@@ -228,6 +228,8 @@ DATA_CASES: Dict[str, tuple] = {
     "data-image-not-decodable": (lambda d: first_train_image(d).write_bytes(b"not a png"), "cannot be decoded"),
     "data-image-wrong-size": (resized_image, "is 10x7 but its camera says"),
     "data-image-truncated": (lambda d: truncate_file(first_train_image(d), 200), "cannot be decoded (Truncated File Read)"),
+    "data-first-image-truncated": (lambda d: truncate_file(d / "train" / "r_0.png", 200),  # the dataparser reads it itself
+                                   "train/r_0.png: OSError: image file is truncated"),
     "data-held-out-image-truncated": (lambda d: truncate_file(d / "test" / "r_1.png", -10), "r_1.png cannot be decoded (truncated PNG file)"),
     "data-val-no-frames": (lambda d: (d / "transforms_val.json").write_text('{"camera_angle_x": 0.7, "frames": []}'),
                            "transforms_val.json lists no frames"),
