@@ -218,7 +218,7 @@ def _raised_in(err: BaseException, function: str) -> bool:
 
 def explain_script_faults() -> None:
     """In an ns-eval or ns-export process, print :func:`script_fault_line`'s errors as that one line (exit status 1)
-    instead of a traceback, and remove the empty folder ns-export made for an export that never started; every other
+    instead of a traceback, and remove the empty folders ns-export made for an export that never started; every other
     error keeps Python's own report. The one place for nerfstudio's own early failures: drop it once nerfstudio
     checks these paths itself."""
     if script_name() is None or getattr(sys.excepthook, "__argp_ns_wrapped__", False):
