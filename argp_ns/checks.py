@@ -125,10 +125,12 @@ def check_export_dir(output_dir: Path, output_filename: Optional[str] = None) ->
         check_writable(output_dir)
     except ConfigError as err:
         raise ConfigError(f"ns-export --output-dir: {err}; choose another --output-dir") from None
-    target = Path(output_dir) / output_filename if output_filename else None
-    if target is not None and target.is_dir():
+    if not output_filename:
+        return
+    target = Path(output_dir) / output_filename
+    if target.is_dir():
         raise ConfigError(f"ns-export: {target} is a folder; remove it or choose another --output-dir")
-    if target is not None and target.exists() and not writable_file(target):
+    if target.exists() and not writable_file(target):
         raise ConfigError(f"ns-export: {target} exists and cannot be overwritten; choose another --output-dir")
 
 
@@ -200,10 +202,8 @@ def _parse_error(parser: str, data: Path, err: BaseException) -> str:
         return f"the dataset {data} lacks the field {err.args[0]!r} that nerfstudio's {parser} dataparser needs"
     if name:
         return f"{getattr(err, 'strerror', None) or type(err).__name__}: {name}"
-    culprit = _file_in_traceback(err, data)
-    if culprit is not None:
-        return f"nerfstudio's {parser} dataparser cannot read {culprit}: {type(err).__name__}: {err}".rstrip(": ")
-    return f"nerfstudio's {parser} dataparser cannot read {data}: {type(err).__name__}: {err}".rstrip(": ")
+    where = _file_in_traceback(err, data) or data
+    return f"nerfstudio's {parser} dataparser cannot read {where}: {type(err).__name__}: {err}".rstrip(": ")
 
 
 def _file_in_traceback(err: BaseException, data: Path) -> Optional[Path]:

@@ -38,6 +38,7 @@ RESUME_HINT = "ARGP_NS_RESUME_HINT"
 """Environment variable: how to resume, said in the one line a Ctrl-C ends training with, in place of the ns-train
 flags (``argp-ns demo`` sets it: its own rerun continues)."""
 
+
 def interrupt_line(step: int, checkpoint_dir: Path, left: int) -> str:
     """The one line a Ctrl-C ends training with: the step saved, where, and how to resume (:data:`RESUME_HINT`'s
     text when set, else the ns-train flags that train the ``left`` steps to the planned end)."""

@@ -65,13 +65,13 @@ def signed_rgb(d: np.ndarray, gain: float = 8.0) -> np.ndarray:
     return np.stack([np.clip(v, 0, 1), np.zeros_like(v), np.clip(-v, 0, 1)], -1)
 
 
-def view_sheet(rows: List[Dict[str, np.ndarray]]) -> np.ndarray:
-    """One image: per run (gt, render, error x4), then the signed difference of the last run's error and the first's."""
+def view_sheet(rows: List[Dict[str, np.ndarray]], errors: List[np.ndarray]) -> np.ndarray:
+    """One image: per run (gt, render, its error x4), then the signed difference of the last run's error and the first's."""
     lines = []
-    for r in rows:
-        e = np.clip(error(r["render"], r["gt"]) * 4.0, 0, 1)
+    for r, e in zip(rows, errors):
+        e = np.clip(e * 4.0, 0, 1)
         lines.append(np.concatenate([r["gt"], r["render"], np.repeat(e[..., None], 3, -1)], 1))
-    d = error(rows[-1]["render"], rows[-1]["gt"]) - error(rows[0]["render"], rows[0]["gt"])
+    d = errors[-1] - errors[0]
     blank = np.zeros_like(rows[0]["gt"])
     lines.append(np.concatenate([blank, signed_rgb(d), blank], 1))
     return np.concatenate(lines, 0)
@@ -97,9 +97,10 @@ def compare(configs: Sequence[Path], views: Optional[Sequence[int]], out: Path) 
         rows = [r[j] for r in renders]
         if any(r["gt"].shape != rows[0]["gt"].shape or not np.allclose(r["gt"], rows[0]["gt"], atol=1 / 255) for r in rows):
             raise SystemExit(f"diff_images: view {v} has another image in some run; compare runs of one scene and split")
-        d = error(rows[-1]["render"], rows[-1]["gt"]) - error(rows[0]["render"], rows[0]["gt"])
+        errors = [error(r["render"], r["gt"]) for r in rows]
+        d = errors[-1] - errors[0]
         path = out / f"view-{v:03d}.png"
-        Image.fromarray((view_sheet(rows) * 255 + 0.5).astype(np.uint8)).save(path)
+        Image.fromarray((view_sheet(rows, errors) * 255 + 0.5).astype(np.uint8)).save(path)
         summary["views"].append({"view": v, "psnr": [round(psnr(r["render"], r["gt"]), 3) for r in rows],
                                  "worse_share": round(float((d > WORSE).mean()), 4), "image": path.name})
     (out / "diff-images.json").write_text(json.dumps(summary, indent=1) + "\n")
