@@ -1,4 +1,5 @@
-"""The lean training step of the pruning methods: splatfacto's loss in one fused pass, and fused Adam.
+"""The lean training step of the pruning methods: splatfacto's loss in one fused pass, and fused Adam stepped for
+all parameter groups at once (:class:`FusedOptimizers`).
 
 The loss is exactly splatfacto's ``(1 - lambda) L1 + lambda (1 - SSIM)``, with pytorch_msssim's SSIM (11-tap
 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, data range 1, valid filtering, the mean over channels and
@@ -13,13 +14,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional, Tuple, Type
+from typing import List, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
-from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers
 from torch import Tensor
 
+from argp_ns import torch_compat
+from argp_ns.torch_compat import AdamCall
 from argp_ns.cuda import loss as kernel
 
 WINDOW = 11
@@ -136,3 +139,58 @@ class FusedAdamOptimizerConfig(AdamOptimizerConfig):
         kwargs = {k: v for k, v in vars(self).items() if k not in ("_target", "max_norm", "fused")}
         flat = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
         return self._target(params, fused=True if self.fused and fused_supported(flat) else None, **kwargs)
+
+
+def adam_call(optimizer: torch.optim.Optimizer) -> Optional[AdamCall]:
+    """The fused Adam kernel call that ``optimizer.step()`` would make, or None where the optimizer is anything else:
+    not torch's fused Adam, AdamW, amsgrad, weight decay, maximise, capturable, differentiable, a tensor learning
+    rate, a step hook, a parameter without its state yet (the first step initialises it), or a sparse gradient.
+    Parameters without a gradient are left out, as ``Adam.step`` leaves them (an empty call: nothing to step)."""
+    if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1 or torch_compat.has_step_hooks(optimizer):
+        return None
+    group = optimizer.param_groups[0]
+    if (not group.get("fused") or group.get("amsgrad") or group.get("weight_decay") or group.get("maximize")
+            or group.get("capturable") or group.get("differentiable") or group.get("decoupled_weight_decay")
+            or not isinstance(group["lr"], float)):
+        return None
+    params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        state = optimizer.state.get(p)
+        if not state or p.grad.is_sparse:
+            return None
+        params.append(p)
+        grads.append(p.grad)
+        exp_avgs.append(state["exp_avg"])
+        exp_avg_sqs.append(state["exp_avg_sq"])
+        steps.append(state["step"])
+    beta1, beta2 = group["betas"]
+    return params, grads, exp_avgs, exp_avg_sqs, steps, group["lr"], float(beta1), float(beta2), float(group["eps"])
+
+
+class FusedOptimizers(Optimizers):
+    """nerfstudio's ``Optimizers`` whose step over its parameter groups is one call into torch's fused Adam kernel
+    per group (:func:`argp_ns.torch_compat.fused_adam_steps`, after one increment of every group's step count)
+    instead of one ``Adam.step`` each, and whose zero_grad sets the gradients to None directly, as
+    ``Optimizer.zero_grad`` does: the same update, state and checkpoints as ``torch.optim.Adam(fused=True)``. The
+    step falls back to nerfstudio's own where any group is not fused Adam (:func:`adam_call`), clips its gradients
+    (``max_norm``) or the grad scaler is on (mixed precision)."""
+
+    def zero_grad_some(self, param_groups: List[str]) -> None:
+        """Set the gradients of the named groups' parameters to None (``Optimizer.zero_grad(set_to_none=True)``)."""
+        for name in param_groups:
+            for group in self.optimizers[name].param_groups:
+                for p in group["params"]:
+                    p.grad = None
+
+    def optimizer_scaler_step_some(self, grad_scaler: torch.amp.GradScaler, param_groups: List[str]) -> None:
+        """Step the named groups: in one batch of fused Adam calls where each allows it, else nerfstudio's loop."""
+        calls = None if grad_scaler.is_enabled() else [self._adam_call(name) for name in param_groups]
+        if calls is None or any(call is None for call in calls):
+            return super().optimizer_scaler_step_some(grad_scaler, param_groups)
+        torch_compat.fused_adam_steps([call for call in calls if call[0]])
+
+    def _adam_call(self, name: str) -> Optional[AdamCall]:
+        """The group's fused Adam call (:func:`adam_call`), None also where the group clips its gradients."""
+        return adam_call(self.optimizers[name]) if self.config[name]["optimizer"].max_norm is None else None

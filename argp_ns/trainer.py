@@ -9,7 +9,8 @@ checkpoint. A Ctrl-C during training stops after the step under way, saves a che
 pruning state, the optimizers, the schedulers) and says in one line how to resume; a second Ctrl-C quits at once.
 Loading one of our runs from its config.yml (``ns-eval``, ``ns-export``, ``ns-viewer``,
 ``argp-ns prune``) makes nerfstudio's ``eval_setup`` check the run's checkpoint before ``torch.load``, and checks
-the output paths of the ``ns-eval`` or ``ns-export`` loading it before the pipeline is built.
+the output paths of the ``ns-eval`` or ``ns-export`` loading it before the pipeline is built. The optimizers
+step as one batch (:class:`argp_ns.train_step.FusedOptimizers`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from argp_ns.checks import (CHECKPOINT, ConfigError, check_dataset, check_device
 from argp_ns.compat import guard_eval_checkpoints, remove_new_export_dir, running_script
 from argp_ns.model import LeanModelConfig
 from argp_ns.pipeline import as_pruning_pipeline
+from argp_ns.train_step import FusedOptimizers
 
 RESUME_HINT = "ARGP_NS_RESUME_HINT"
 """Environment variable: how to resume, said in the one line a Ctrl-C ends training with, in place of the ns-train
@@ -152,6 +154,10 @@ class ArgpTrainer(Trainer):
         except BaseException:
             self.remove_new_run_dir()
             raise
+
+    def setup_optimizers(self) -> FusedOptimizers:
+        """nerfstudio's optimizers of the pipeline's parameter groups, stepped as one batch (FusedOptimizers)."""
+        return FusedOptimizers(self.config.optimizers.copy(), self.pipeline.get_param_groups())
 
     def train(self) -> None:
         """nerfstudio's training loop. The first Ctrl-C asks to stop: the step under way ends, a checkpoint of the last

@@ -135,11 +135,14 @@ def test_the_model_imports_no_schedule_or_report():
 
 
 def test_only_the_compat_modules_import_private_names():
-    """No module but compat.py and gsplat_compat.py imports a ``_``-prefixed name or module from gsplat or nerfstudio."""
+    """No module but compat.py, gsplat_compat.py and torch_compat.py imports a ``_``-prefixed name or module from
+    gsplat, nerfstudio or torch, or reads a ``torch._`` attribute."""
     for path in PACKAGE.rglob("*.py"):
-        if path.name in ("compat.py", "gsplat_compat.py"):
+        if path.name in ("compat.py", "gsplat_compat.py", "torch_compat.py"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("gsplat", "nerfstudio"):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("gsplat", "nerfstudio", "torch"):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private and not any(p.startswith("_") for p in node.module.split(".")), (path.name, node.module, private)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "torch":
+                assert not node.attr.startswith("_"), (path.name, node.attr)

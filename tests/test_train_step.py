@@ -10,7 +10,8 @@ from gsplat.strategy.ops import duplicate, remove, split
 from pytorch_msssim import SSIM
 
 from argp_ns.strategy import SyncFreeStrategy
-from argp_ns.train_step import FusedAdamOptimizerConfig, loss_reference, ssim_reference, training_loss
+from argp_ns.method_config import splatfacto_optimizers
+from argp_ns.train_step import FusedAdamOptimizerConfig, FusedOptimizers, loss_reference, ssim_reference, training_loss
 
 FOX = Path(__file__).resolve().parents[2] / "shared" / "data" / "fox" / "images_2" / "0001.jpg"
 SIZES = [(37, 29), (11, 11), (64, 48), (53, 70), (8, 30)]
@@ -128,6 +129,101 @@ def test_gsplat_ops_keep_fused_adam_state_aligned():
     assert state["count"].shape[0] == 41
     adam_steps(params, opts, 2, seed=5)  # the fused step still runs on the resized rows
     assert all(torch.isfinite(p).all() for p in params.values())
+
+
+def splatfacto_groups(n: int, seed: int, device: str = "cpu"):
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"means": (n, 3), "scales": (n, 3), "quats": (n, 4), "features_dc": (n, 3), "features_rest": (n, 15, 3),
+              "opacities": (n, 1)}
+    return {k: [torch.nn.Parameter(torch.randn(shape, generator=g).to(device))] for k, shape in shapes.items()}
+
+
+def nerfstudio_steps(opts, steps: range, seed: int, scaler) -> None:
+    """Steps as nerfstudio's train_iteration makes them: zero_grad_some, gradients, optimizer_scaler_step_some,
+    scheduler_step_all; the gradients depend only on the seed, the step and the shapes."""
+    names = list(opts.parameters)
+    for step in steps:
+        opts.zero_grad_some(names)
+        g = torch.Generator().manual_seed(seed + step)
+        for name in names:
+            p = opts.optimizers[name].param_groups[0]["params"][0]
+            p.grad = torch.randn(p.shape, generator=g).to(p.device)
+        opts.optimizer_scaler_step_some(scaler, names)
+        opts.scheduler_step_all(step)
+
+
+def assert_same_adam(a, b) -> None:
+    for name in a.optimizers:
+        pa, pb = (o.optimizers[name].param_groups[0]["params"][0] for o in (a, b))
+        sa, sb = a.optimizers[name].state[pa], b.optimizers[name].state[pb]
+        assert torch.equal(pa, pb), name
+        assert set(sa) == set(sb) and all(torch.equal(sa[k], sb[k]) for k in sa), name
+        assert a.optimizers[name].param_groups[0]["lr"] == b.optimizers[name].param_groups[0]["lr"]
+
+
+def count_fused_steps(monkeypatch) -> list:
+    """The batches FusedOptimizers hands to torch's fused Adam (one list entry per batched step)."""
+    from argp_ns import torch_compat
+
+    batches = []
+    original = torch_compat.fused_adam_steps
+    monkeypatch.setattr(torch_compat, "fused_adam_steps", lambda calls: (batches.append(len(calls)), original(calls))[1])
+    return batches
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_fused_optimizers_step_as_nerfstudio_optimizers(monkeypatch, device):
+    """One batch of fused Adam calls gives bit-for-bit nerfstudio's per-group Adam steps (splatfacto's six groups and
+    schedules), across a gsplat prune that replaces every parameter and a checkpoint round trip; only the first step
+    (which initialises the state) goes through Adam.step."""
+    from nerfstudio.engine.optimizers import Optimizers
+
+    config = splatfacto_optimizers(max_steps=20)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    ref, ours = Optimizers(config, splatfacto_groups(64, 0, device)), FusedOptimizers(config, splatfacto_groups(64, 0, device))
+    batches = count_fused_steps(monkeypatch)
+    nerfstudio_steps(ref, range(0, 3), 1, scaler)
+    assert batches == []
+    nerfstudio_steps(ours, range(0, 3), 1, scaler)
+    assert batches == [6, 6]
+    assert_same_adam(ref, ours)
+
+    mask = torch.zeros(64, dtype=torch.bool, device=device)
+    mask[[2, 9, 40]] = True
+    for opts in (ref, ours):  # a prune: every parameter replaced, its Adam state carried over (gsplat's ops)
+        params = {k: o.param_groups[0]["params"][0] for k, o in opts.optimizers.items()}
+        remove(params=params, optimizers=opts.optimizers, state={}, mask=mask)
+    nerfstudio_steps(ref, range(3, 6), 1, scaler)
+    nerfstudio_steps(ours, range(3, 6), 1, scaler)
+    assert len(batches) == 5
+    assert_same_adam(ref, ours)
+
+    saved = {k: o.state_dict() for k, o in ours.optimizers.items()}  # as nerfstudio's checkpoint holds them
+    groups = {k: [torch.nn.Parameter(o.param_groups[0]["params"][0].detach().clone())] for k, o in ours.optimizers.items()}
+    resumed = FusedOptimizers(config, groups)
+    resumed.load_optimizers(saved)
+    for k, s in ours.schedulers.items():
+        resumed.schedulers[k].load_state_dict(s.state_dict())
+    nerfstudio_steps(ref, range(6, 9), 1, scaler)
+    nerfstudio_steps(resumed, range(6, 9), 1, scaler)
+    assert len(batches) == 8  # the loaded state steps in batches from the first step on
+    assert_same_adam(ref, resumed)
+
+
+def test_fused_optimizers_fall_back_to_nerfstudio_step(monkeypatch):
+    """A group that clips its gradients, a step hook or an enabled grad scaler: nerfstudio's own per-group step."""
+    config = splatfacto_optimizers(max_steps=20)
+    config["scales"] = {**config["scales"], "optimizer": FusedAdamOptimizerConfig(lr=0.005, eps=1e-15, max_norm=1.0)}
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    batches = count_fused_steps(monkeypatch)
+    nerfstudio_steps(FusedOptimizers(config, splatfacto_groups(16, 0)), range(0, 3), 1, scaler)
+    assert batches == []
+    hooked = FusedOptimizers(splatfacto_optimizers(max_steps=20), splatfacto_groups(16, 0))
+    nerfstudio_steps(hooked, range(0, 2), 1, scaler)
+    assert batches == [6]
+    hooked.optimizers["quats"].register_step_post_hook(lambda *args: None)
+    nerfstudio_steps(hooked, range(2, 4), 1, scaler)
+    assert batches == [6]
 
 
 @pytest.mark.parametrize("cameras", [1, 2])
