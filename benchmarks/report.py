@@ -428,27 +428,40 @@ def plot(results: Dict[str, Any], path: Path) -> None:
     _save(fig, ax, results, path, stock)
 
 
+def pareto_curves(results: Dict[str, Any]) -> Dict[str, List[Tuple[str, List[Run]]]]:
+    """Per rule, its (training, runs) at each budget, budgets ascending: the rule's newest training at that budget
+    (the training of its last run there in file order; older trainings stay in the table). Only rules as their
+    method's defaults give them: ablations (runs with further flags) and ``-big`` methods are left out."""
+    order = {id(r): i for i, r in enumerate(results["runs"])}
+    newest: Dict[Tuple[int, str], Tuple[int, str, List[Run]]] = {}
+    for (budget, rule, training), runs in same_count_rows(results).items():
+        last = max(order[id(r)] for r in runs)
+        if " [" not in rule and "(big)" not in rule and ((budget, rule) not in newest or last > newest[budget, rule][0]):
+            newest[budget, rule] = (last, training, runs)
+    curves: Dict[str, List[Tuple[str, List[Run]]]] = {}
+    for (_, rule), (_, training, runs) in sorted(newest.items(), key=lambda kv: kv[0][0]):
+        curves.setdefault(rule, []).append((training, runs))
+    return curves
+
+
 def plot_same_count(results: Dict[str, Any], path: Path) -> bool:
-    """The same-count (Pareto) plot: per rule (and training), mean ± std PSNR against mean ± std final count at each
-    budget, joined by a line, over stock splatfacto's band and its point; rules as their method's defaults give them
-    (ablations, runs with further flags or of a ``-big`` method, stay in the table). False (nothing written) without
-    such budget runs."""
+    """The same-count (Pareto) plot: one curve per rule of :func:`pareto_curves`, mean ± std PSNR against mean ± std
+    final count at each budget, over stock splatfacto's band and its point; the legend names the last commit of
+    every training a curve draws from. False (nothing written) without such budget runs."""
     import matplotlib
 
-    grouped = {k: v for k, v in same_count_rows(results).items() if " [" not in k[1] and "(big)" not in k[1]}
-    if not grouped:
+    curves = pareto_curves(results)
+    if not curves:
         return False
     fig, ax = _axes(11.0)
     ax.set_prop_cycle(color=matplotlib.colormaps["tab20"].colors)  # up to 20 curves in distinct colours
     _stock_band(ax, results, point=True)
-    trainings = len({k[2] for k in grouped})
-    lines: Dict[str, List[Tuple[float, float, float, float]]] = {}
-    for (_, rule, training), runs in grouped.items():
-        (x, dx), (y, dy) = mean_std([r["gaussians_final"] for r in runs]), mean_std([r["psnr"] for r in runs])
-        lines.setdefault(rule + (f" @{training}" if trainings > 1 else ""), []).append((x, dx or 0.0, y, dy or 0.0))
-    for label, pts in lines.items():
-        xs, dxs, ys, dys = zip(*sorted(pts))
-        ax.errorbar(xs, ys, xerr=dxs, yerr=dys, fmt="o-", ms=5, capsize=3, lw=1, label=label, zorder=3)
+    for rule, points in curves.items():
+        xs, dxs, ys, dys = zip(*(mean_std([r["gaussians_final"] for r in runs]) + mean_std([r["psnr"] for r in runs])
+                                 for _, runs in points))
+        commits = ", ".join(dict.fromkeys(training.split("+")[-1] for training, _ in points))
+        ax.errorbar(xs, ys, xerr=[d or 0.0 for d in dxs], yerr=[d or 0.0 for d in dys], fmt="o-", ms=5, capsize=3, lw=1,
+                    zorder=3, label=f"{rule} @{commits}")
     _save(fig, ax, results, path, True, ", same count", outside=True)
     return True
 

@@ -357,6 +357,18 @@ def test_same_count_table_ranks_rules_within_a_budget(tmp_path):
     assert not report.plot_same_count(ablations, tmp_path / "ablations.png")  # ablations stay in the table
 
 
+def test_pareto_curves_take_each_rules_newest_training_per_budget():
+    """A rule's point at a budget is its newest training there; a budget only an older training ran keeps that one."""
+    data = _results([_run("splatfacto", psnr=31.0, n=1000),
+                     _budget("argp", 100, 29.0, 100, commit="old"), _budget("argp", 300, 30.0, 300, commit="old"),
+                     _budget("argp", 100, 29.5, 100, commit="new"), _budget("mcmc", 100, 27.0, 100, commit="old"),
+                     _budget("argp", 100, 20.0, 100, commit="new", extra="--pipeline.model.irp-mode hidden")])
+    curves = report.pareto_curves(data)
+    assert list(curves) == ["argp", "mcmc"]
+    assert [(training, [r["psnr"] for r in runs]) for training, runs in curves["argp"]] == [("new", [29.5]), ("old", [30.0])]
+    assert [training for training, _ in curves["mcmc"]] == ["old"]
+
+
 def test_budget_flag_forms():
     for flags, n in (("--pipeline.model.budget 50", 50), ("--pipeline.model.budget=50 --x y", 50),
                      ("--pipeline.model.budget 0", None), ("--pipeline.model.irp-mode hidden", None)):
