@@ -70,9 +70,7 @@ def check_writable(output_dir: Path) -> None:
     """``output_dir`` (which need not exist yet) can be created or, if it exists, written in: its nearest existing
     path is a folder in which a folder can be made and removed again (the folder's times are put back after)."""
     target = Path(output_dir).absolute()
-    parent = target
-    while not parent.exists():
-        parent = parent.parent
+    parent = compat.existing_ancestor(target)
     what = f"{output_dir}" if parent == target else f"cannot create {output_dir}: {parent}"
     if not parent.is_dir():
         raise ConfigError(f"{what} is a file, not a folder")

@@ -253,7 +253,7 @@ def guard_eval_checkpoints(before: Callable[[Any], None]) -> None:
     eval_utils.eval_load_checkpoint = eval_load_checkpoint
 
 
-def _existing_ancestor(path: Path) -> Path:
+def existing_ancestor(path: Path) -> Path:
     """The deepest part of ``path`` (made absolute) that exists."""
     path = path.absolute()
     while not path.exists() and path != path.parent:
@@ -278,7 +278,7 @@ def note_export_dirs() -> None:
     """In an ns-export process, record the part of each ``--output-dir`` that exists now (run at import, before
     ns-export makes the folder)."""
     if script_name() == "ns-export":
-        _EXISTED_AT_IMPORT.update({d: _existing_ancestor(d) for d in _argv_output_dirs()})
+        _EXISTED_AT_IMPORT.update({d: existing_ancestor(d) for d in _argv_output_dirs()})
 
 
 def remove_new_export_dir() -> None:

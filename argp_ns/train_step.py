@@ -22,7 +22,6 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig, Optimizers
 from torch import Tensor
 
 from argp_ns import torch_compat
-from argp_ns.torch_compat import AdamCall
 from argp_ns.cuda import loss as kernel
 
 WINDOW = 11
@@ -141,7 +140,7 @@ class FusedAdamOptimizerConfig(AdamOptimizerConfig):
         return self._target(params, fused=True if self.fused and fused_supported(flat) else None, **kwargs)
 
 
-def adam_call(optimizer: torch.optim.Optimizer) -> Optional[AdamCall]:
+def adam_call(optimizer: torch.optim.Optimizer) -> Optional[torch_compat.AdamCall]:
     """The fused Adam kernel call that ``optimizer.step()`` would make, or None where the optimizer is anything else:
     not torch's fused Adam, AdamW, amsgrad, weight decay, maximise, capturable, differentiable, a tensor learning
     rate, a step hook, a parameter without its state yet (the first step initialises it), or a sparse gradient.
@@ -191,6 +190,6 @@ class FusedOptimizers(Optimizers):
             return super().optimizer_scaler_step_some(grad_scaler, param_groups)
         torch_compat.fused_adam_steps([call for call in calls if call[0]])
 
-    def _adam_call(self, name: str) -> Optional[AdamCall]:
+    def _adam_call(self, name: str) -> Optional[torch_compat.AdamCall]:
         """The group's fused Adam call (:func:`adam_call`), None also where the group clips its gradients."""
         return adam_call(self.optimizers[name]) if self.config[name]["optimizer"].max_norm is None else None
