@@ -133,6 +133,89 @@ def test_config_errors_are_one_line():
         SafeguardStrategy(prune_step=30000).check_config(30000)
 
 
+def test_exchange_config_errors_are_one_line():
+    base = dict(refine_stop_iter=12000, exchange_every=500)
+    for kwargs, text in (({"exchange_every": -1}, "exchange_every"), ({"exchange_ratio": 0.0}, "exchange_ratio"),
+                         ({"exchange_ratio": 1.0}, "exchange_ratio"), ({"exchange_stop": 27000}, "exchange_stop"),
+                         ({"exchange_stop": 30000}, "exchange_stop")):
+        with pytest.raises(ValueError, match=text) as err:
+            released(**{**base, **kwargs}).check_config(30000)
+        assert "\n" not in str(err.value)
+    released(**base, exchange_stop=29000).check_config(30000)
+    released(refine_stop_iter=12000, exchange_ratio=5.0).check_config(30000)  # off: its other options are not read
+
+
+def exchange_state(strat, params, grad2d, count):
+    state = strat.initialize_state()
+    state["grad2d"], state["count"] = grad2d.clone(), count.clone()
+    state["irp_candidates"] = torch.zeros(params["means"].shape[0], dtype=torch.bool)
+    return state
+
+
+def test_exchange_grows_the_highest_gradients_deletes_the_lowest_opacities_and_keeps_the_count():
+    n = 200
+    opa = torch.linspace(0.05, 0.95, n)[torch.randperm(n, generator=torch.Generator().manual_seed(3))]
+    params, optimizers = make_params(n, opacities=opa)
+    params["features_dc"].data[:, 0] = torch.arange(n).float()  # identity tag (a split moves the means)
+    params["scales"].data[:100], params["scales"].data[100:] = -6.0, 0.0  # rows ..99 small (duplicated), 100.. large (split)
+    grad2d = torch.rand(n, generator=torch.Generator().manual_seed(5)) * 0.001
+    grad2d[[7, 150]] = 1.0  # the two hottest: one small, one large
+    count = torch.full((n,), 10.0)
+    strat = released(refine_stop_iter=12000, exchange_every=500, exchange_ratio=0.01, exchange_stop=29000)
+    state = exchange_state(strat, params, grad2d * 10, count)
+    event = strat._exchange(params, optimizers, state, 27500)
+    assert event == {"step": 27500, "rule": "exchange", "removed": 2, "added": 2, "kept": n}
+    assert params["means"].shape[0] == n
+    assert_aligned(params, optimizers, state)
+    faintest = set(torch.topk(torch.where(torch.isin(torch.arange(n), torch.tensor([7, 150])), 2.0, opa), 2,
+                              largest=False).indices.tolist())
+    ids = params["features_dc"][:, 0].round().long()
+    assert set(ids.tolist()) == set(range(n)) - faintest  # only the two faintest left; 7's copy and 150's halves came in
+    assert int((ids == 7).sum()) == 2 and int((ids == 150).sum()) == 2
+    assert torch.exp(params["scales"][-2:]).allclose(torch.full((2, 3), 1.0 / 1.6))  # 150 split into two at 1 / 1.6
+    for opt in optimizers.values():
+        p = opt.param_groups[0]["params"][0]
+        assert (opt.state[p]["exp_avg"][-3:] == 0).all()  # the grown rows start without moments
+
+
+def test_exchange_grows_only_above_the_grow_threshold():
+    params, optimizers = make_params(100)
+    strat = released(refine_stop_iter=12000, exchange_every=500, exchange_ratio=0.2, exchange_stop=29000)
+    grad2d = torch.zeros(100)
+    grad2d[:3] = 1.0
+    state = exchange_state(strat, params, grad2d, torch.ones(100))
+    assert strat._exchange(params, optimizers, state, 27500)["removed"] == 3
+    state = exchange_state(strat, params, torch.zeros(100), torch.ones(100))
+    assert strat._exchange(params, optimizers, state, 28000)["removed"] == 0 and params["means"].shape[0] == 100
+
+
+def test_exchange_window_gathers_statistics_from_the_last_round_and_exchanges_on_its_steps():
+    n, W, H = 50, 64, 48
+    params, optimizers = make_params(n)
+    strat = released(refine_stop_iter=12000, exchange_every=2, exchange_ratio=0.1, exchange_stop=27004)
+    state = strat.initialize_state()
+    state["grad2d"], state["count"] = torch.full((n,), 99.0), torch.full((n,), 1.0)  # stale, from densification
+
+    def info():
+        means2d = torch.zeros(1, n, 2, requires_grad=True)
+        means2d.grad = torch.full((1, n, 2), 0.01)
+        return {"width": W, "height": H, "n_cameras": 1, "radii": torch.ones(1, n, dtype=torch.int32),
+                "gaussian_ids": None, "means2d": means2d}
+
+    strat.step_post_backward(params, optimizers, state, 27000, info())  # the last round's step: nothing
+    assert state["grad2d"][0] == 99.0
+    strat.step_post_backward(params, optimizers, state, 27001, info())  # restarted, then gathered
+    g = torch.tensor([0.01 * W / 2, 0.01 * H / 2]).norm()
+    assert torch.allclose(state["grad2d"], g.expand(n)) and (state["count"] == 1).all()
+    assert strat.next_prune(27001) == (27002, "exchange") and strat.next_prune(27004) == (None, "")
+    strat.step_post_backward(params, optimizers, state, 27002, info())
+    assert state["events"][-1]["rule"] == "exchange" and state["events"][-1]["removed"] == 5
+    assert state["grad2d"] is None and params["means"].shape[0] == n
+    state["events"].clear()
+    strat.step_post_backward(params, optimizers, state, 27005, info())  # past exchange_stop: gsplat's (done) refine
+    assert not state["events"] and state["grad2d"] is None
+
+
 def test_prune_refuses_to_empty_the_scene():
     params, optimizers = make_params(10)
     state = {}
