@@ -127,13 +127,6 @@ class ArgpOptions(BudgetOption, TopKOption):
     final_round: FinalRound = "irp"
     """Last IRP round: irp (delete the candidates by recovery score, as published) or safeguard (keep SafeguardGS's
     per-pixel top-k union of all Gaussians, k = top_k; with a budget, its N best by pixels won, then summed score)."""
-    exchange_every: int = 0
-    """After the last IRP round, every this many steps until exchange_stop: a count-neutral exchange (grow the
-    Gaussians of highest screen gradient, delete as many of the lowest opacity; the count, and a budget, hold). 0: off."""
-    exchange_ratio: float = 0.02
-    """Fraction of the count one exchange moves (at most: only Gaussians above densify_grad_thresh grow). In (0, 1)."""
-    exchange_stop: int = 27000
-    """The last step an exchange may run at; after it the model fine-tunes at its final count."""
 
     def irp_ratios(self) -> Tuple[float, float]:
         """(mark_ratio, recover_ratio): the preset's pair, each replaced by its flag when given."""
@@ -171,13 +164,6 @@ class ArgpOptions(BudgetOption, TopKOption):
             raise ValueError(f"budget needs at least two IRP rounds (irp_start={self.irp_start}, irp_last={self.irp_last})")
         if self.final_round not in ("irp", "safeguard"):
             raise ValueError(f"final_round must be irp or safeguard, got {self.final_round!r}")
-        if self.exchange_every < 0:
-            raise ValueError(f"exchange_every must be >= 0 (0: off), got {self.exchange_every}")
-        if self.exchange_every:
-            in_open_unit("exchange_ratio", self.exchange_ratio)
-            if not self.irp_last < self.exchange_stop < max_steps:
-                raise ValueError(f"exchange_stop must lie after the last IRP round and before the last training step: "
-                                 f"irp_last={self.irp_last} < exchange_stop={self.exchange_stop} < {max_steps}")
         self.validate_top_k()
 
 

@@ -17,8 +17,7 @@ def panel_text(n_gaussians: int, last_event: Optional[Dict[str, Any]], next_step
     lines = [f"**Gaussians:** {n_gaussians:,}"]
     if last_event:
         lines.append(f"**Last prune:** step {last_event['step']:,} ({last_event['rule']}): "
-                     f"-{last_event['removed']:,}" + (f", +{last_event['added']:,}" if last_event.get("added") else "")
-                     + f", kept {last_event['kept']:,}")
+                     f"-{last_event['removed']:,}, kept {last_event['kept']:,}")
     else:
         lines.append("**Last prune:** none yet")
     lines.append(f"**Next:** {next_rule} at step {next_step:,}" if next_step is not None else "**Next:** no prune scheduled")

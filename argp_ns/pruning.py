@@ -107,8 +107,7 @@ class PruningLoop:
         """One prune event to the console, the metrics writer and the report (written at once)."""
         self.report.events.append(event)
         psnr = f" (eval PSNR {event['psnr_before']:.2f} -> {event['psnr_after']:.2f})" if event.get("psnr_after") is not None else ""
-        added = f", added {event['added']:,}" if event.get("added") else ""
-        CONSOLE.print(f"argp_ns: step {event['step']}: {event['rule']} removed {event['removed']:,}{added}, kept {event['kept']:,}{psnr}", markup=False)
+        CONSOLE.print(f"argp_ns: step {event['step']}: {event['rule']} removed {event['removed']:,}, kept {event['kept']:,}{psnr}", markup=False)
         writer.put_scalar(name=f"prune/{event['rule']}_removed", scalar=event["removed"], step=event["step"])
         writer.put_scalar(name="prune/gaussians", scalar=event["kept"], step=event["step"])
         if self.run_dir is not None and event["rule"] != "aop":

@@ -1,8 +1,7 @@
 """The pruning report of a run: ``pruning_report.json`` and ``pruning_report.png`` beside its config.
 
-It holds every prune event (step, rule, removed, kept: the count after it, added: an exchange's grown Gaussians,
-and the eval-view PSNR right before and right after it when the run has evaluation data), the Gaussian count at
-every refine step, and the final count.
+It holds every prune event (step, rule, removed, kept, and the eval-view PSNR right before and right
+after it when the run has evaluation data), the Gaussian count at every refine step, and the final count.
 """
 
 from __future__ import annotations
@@ -33,11 +32,9 @@ class PruningReport:
             return f"{self.method}: no prune happened; {self.final_gaussians:,} Gaussians."
         first = self.events[0]["kept"] + self.events[0]["removed"]
         removed = sum(e["removed"] for e in self.events)
-        added = sum(e.get("added", 0) for e in self.events)
         rules = sorted({e["rule"] for e in self.events})
         psnr = [e for e in self.events if e.get("psnr_before") is not None]
-        grown = f" and added {added:,}" if added else ""
-        text = (f"{self.method}: {len(self.events)} prune events ({', '.join(rules)}) removed {removed:,}{grown} Gaussians; "
+        text = (f"{self.method}: {len(self.events)} prune events ({', '.join(rules)}) removed {removed:,} Gaussians; "
                 f"{self.final_gaussians:,} left ({100.0 * self.final_gaussians / max(first, 1):.1f}% of {first:,} before the first prune).")
         if psnr:
             drop = sum(e["psnr_before"] - e["psnr_after"] for e in psnr)

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from gsplat.strategy import DefaultStrategy, Strategy
-from gsplat.strategy.ops import duplicate, remove, split
+from gsplat.strategy.ops import remove
 from torch import Tensor
 
 from argp_ns import mcmc_ops
@@ -185,10 +185,6 @@ class ArgpStrategy(SyncFreeStrategy, ArgpOptions):
     the ``n - N`` lowest-scored candidates, landing on N (above it only when fewer candidates are left; said in
     one line). When the count at a round is already <= N, IRP marks and deletes nothing (AOP only).
 
-    Exchange (``exchange_every`` E > 0; after R_last, at R_last + E, R_last + 2E, ... <= ``exchange_stop``): the
-    screen-gradient statistics of gsplat's grow rule are gathered again from R_last on, and each exchange moves
-    capacity without changing the count (:meth:`_exchange`).
-
     Final round ``safeguard`` (AOP + IRP + pixel-level top-k): R_last deletes, instead of the low-scored candidates,
     every Gaussian outside the per-pixel top-``top_k`` union of the pass (``scores["keep"]``, SafeguardGS's rule over
     all Gaussians); with a budget, all but the N best by :func:`topk_ranking`. The rounds before it are unchanged.
@@ -212,73 +208,9 @@ class ArgpStrategy(SyncFreeStrategy, ArgpOptions):
                 return nxt, "aop"
         rounds = self.irp_rounds()
         later = [r for r in rounds if r > step]
-        if later:
-            return later[0], self.final_round if later[0] == rounds[-1] else "irp"
-        if self.exchange_every and step < self.exchange_stop:
-            nxt = self.irp_last + ((max(step, self.irp_last) - self.irp_last) // self.exchange_every + 1) * self.exchange_every
-            if nxt <= self.exchange_stop:
-                return nxt, "exchange"
-        return None, ""
-
-    def in_exchange_window(self, step: int) -> bool:
-        """True after the last IRP round up to ``exchange_stop`` when exchanges are on: the steps that gather the
-        screen-gradient statistics."""
-        return self.exchange_every > 0 and self.irp_last < step <= self.exchange_stop
-
-    def exchange_due(self, step: int) -> bool:
-        """True at the exchange steps R_last + k E <= exchange_stop, k >= 1."""
-        return self.in_exchange_window(step) and (step - self.irp_last) % self.exchange_every == 0
-
-    def step_post_backward(self, params, optimizers, state: Dict[str, Any], step: int, info: Dict[str, Any],
-                           packed: bool = False) -> None:
-        """gsplat's refine (grow, AOP, opacity reset) until densification stops; in the exchange window the
-        statistics (restarted at R_last + 1) and, when due, an exchange."""
-        if not self.in_exchange_window(step):
-            return super().step_post_backward(params, optimizers, state, step, info, packed=packed)
-        if step == self.irp_last + 1:
-            self._reset_stats(state)
-        self._update_state(params, state, info, packed=packed)
-        if self.exchange_due(step):
-            self._exchange(params, optimizers, state, step)
-            self._reset_stats(state)
-
-    @staticmethod
-    def _reset_stats(state: Dict[str, Any]) -> None:
-        """Drop the screen-gradient statistics (grad2d, count, radii); the next update starts them at zero."""
-        for key in ("grad2d", "count", "radii"):
-            if key in state:
-                state[key] = None
-
-    @torch.no_grad()
-    def _exchange(self, params, optimizers, state: Dict[str, Any], step: int) -> Dict[str, Any]:
-        """One count-neutral exchange of k Gaussians, n the count:
-        ``k = min(floor(exchange_ratio n), |{i: g_i > grow_grad2d}|)``, ``g_i = grad2d_i / max(count_i, 1)`` (the
-        mean screen gradient since the last exchange, gsplat's grow statistic). The k of highest g grow by gsplat's
-        rule (duplicated when their largest scale is <= grow_scale3d x scene scale, else split in two at 1/1.6 of
-        the scale); the k of lowest activated opacity among the others are deleted first. The count stays n; the
-        event {step, rule "exchange", removed k, added k, kept n} is recorded."""
-        n = params["means"].shape[0]
-        g = state["grad2d"] / state["count"].clamp_min(1)
-        k = min(int(self.exchange_ratio * n), int((g > self.grow_grad2d).sum()))
-        event = {"step": int(step), "rule": "exchange", "removed": k, "added": k, "kept": n}
-        if k:
-            grow = torch.zeros(n, dtype=torch.bool, device=g.device)
-            grow[torch.topk(g, k).indices] = True
-            opacity = torch.sigmoid(params["opacities"].flatten()).masked_fill(grow, float("inf"))
-            delete = torch.zeros_like(grow)
-            delete[torch.topk(opacity, k, largest=False).indices] = True
-            remove(params=params, optimizers=optimizers, state=state, mask=delete)
-            grow = grow[~delete]
-            small = torch.exp(params["scales"]).max(dim=-1).values <= self.grow_scale3d * state["scene_scale"]
-            dupli = grow & small
-            n_dupli = int(dupli.sum())
-            if n_dupli:
-                duplicate(params=params, optimizers=optimizers, state=state, mask=dupli)
-            halve = torch.cat([grow & ~small, torch.zeros(n_dupli, dtype=torch.bool, device=g.device)])
-            if bool(halve.any()):
-                split(params=params, optimizers=optimizers, state=state, mask=halve, revised_opacity=self.revised_opacity)
-        state.setdefault("events", []).append(event)
-        return event
+        if not later:
+            return None, ""
+        return later[0], self.final_round if later[0] == rounds[-1] else "irp"
 
     def scores_due(self, step: int) -> bool:
         """True at rounds that need the recovery score (every round but the first)."""

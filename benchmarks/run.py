@@ -45,8 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # step-based schedules scaled by the quick protocol: (config path, applies to)
 SCALED = ("max_num_iterations", "warmup_length", "stop_split_at", "stop_screen_size_at", "resolution_schedule",
-          "sh_degree_interval", "reset_alpha_every", "irp_start", "irp_every", "irp_last", "prune_step",
-          "exchange_every", "exchange_stop")
+          "sh_degree_interval", "reset_alpha_every", "irp_start", "irp_every", "irp_last", "prune_step")
 NEVER = 10**9
 # every MARK_EVERY steps a run records [seconds since the first step, Gaussians] (its "step_marks")
 MARK_EVERY = 500
