@@ -9,7 +9,8 @@ optimizers and the same camera order. Growing, pruning and opacity resets are sw
 fixed. Per case and phase (``densify``: gsplat's per-step statistics update on, as before refine_stop; ``refine``:
 off, as after it) each trainer runs ``--warmup`` steps, then ``--trials`` timed trials of ``--steps`` steps
 between two synchronisations, alternating stock and ours after one untimed alternating trial (the median wall ms
-per step is reported), then ``--profile-steps`` steps under torch.profiler: GPU-busy ms per step (kernel time),
+per step is reported). Once every case is timed, each is installed again and runs ``--profile-steps`` steps under
+torch.profiler (after it has traced CUDA, a process launches kernels more slowly, so no timing follows a profile): GPU-busy ms per step (kernel time),
 kernel launches and host synchronisations per step, and the top CPU-side and GPU-side costs, then as many steps
 timed part by part on the host (:func:`host_breakdown`: datamanager, render, loss, backward, optimizer, scheduler,
 callbacks). ``--fractions 1,0.3,0.15`` repeats every case with a random subset of the Gaussians (the count sweep).
@@ -223,7 +224,11 @@ def measure(args) -> Dict[str, Any]:
         trainers = {name: trainer_for(name, args.data, d, args.scale, out) for name in (STOCK, OURS)}
         dm = trainers[STOCK].pipeline.datamanager
         height, width = dm.cached_train[0]["image"].shape[:2]  # after undistortion's crop
-        for phase, fraction in [(ph, f) for ph in args.phases for f in args.fractions]:
+        todo = [(ph, f) for ph in args.phases for f in args.fractions]
+        timed = []
+        # every case is timed before any is profiled: once torch.profiler has traced CUDA in a process, each later
+        # kernel launch costs more (at 118a9f3 the cases timed after the first profile were 17-34 % slower, stock too)
+        for phase, fraction in todo:
             these = subset(gaussians, fraction) if fraction < 1.0 else gaussians
             case: Dict[str, Any] = {"scene": args.scene, "downscale": d, "width": int(width), "height": int(height),
                                     "gaussians": int(these["means"].shape[0]), "fraction": fraction, "steps": args.steps,
@@ -242,17 +247,23 @@ def measure(args) -> Dict[str, Any]:
                         trials[key].append(round(ms, 3))
                 step += args.steps
             case["trials_ms"] = trials
+            for key in ("stock", "ours"):
+                case[f"{key}_ms"] = statistics.median(trials[key])
+            case["speedup"] = round(case["stock_ms"] / case["ours_ms"], 3)
+            timed.append((case, these))
+        for case, these in timed:
             for key, name in (("stock", STOCK), ("ours", OURS)):
                 tr = trainers[name]
-                case[f"{key}_ms"] = statistics.median(trials[key])
+                install(tr, these, case["phase"])
+                run_steps(tr, START, args.warmup)
+                step = START + args.warmup
                 prof = profile(tr, step, args.profile_steps)
                 case[f"{key}_gpu_ms"] = prof.pop("gpu_ms")
                 prof["host_ms"] = host_breakdown(tr, step + args.profile_steps, args.profile_steps)
                 case.setdefault("profile", {})[key] = prof
                 assert tr.pipeline.model.num_points == case["gaussians"], "the count changed during the timed steps"
-            case["speedup"] = round(case["stock_ms"] / case["ours_ms"], 3)
             cases.append(case)
-            print(f"step_time: {args.scene} x{d} {phase} {case['gaussians']:,}: stock {case['stock_ms']:.2f} ms (GPU {case['stock_gpu_ms']:.2f}), "
+            print(f"step_time: {args.scene} x{d} {case['phase']} {case['gaussians']:,}: stock {case['stock_ms']:.2f} ms (GPU {case['stock_gpu_ms']:.2f}), "
                   f"ours {case['ours_ms']:.2f} ms (GPU {case['ours_gpu_ms']:.2f}), {case['speedup']:.2f}x", flush=True)
         del trainers
         torch.cuda.empty_cache()
