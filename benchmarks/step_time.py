@@ -10,8 +10,8 @@ fixed. Per case and phase (``densify``: gsplat's per-step statistics update on, 
 off, as after it) each trainer runs ``--warmup`` steps, then ``--trials`` timed trials of ``--steps`` steps
 between two synchronisations, alternating stock and ours after one untimed alternating trial (the median wall ms
 per step is reported). Once every case is timed, each is installed again and runs ``--profile-steps`` steps under
-torch.profiler (after it has traced CUDA, a process launches kernels more slowly, so no timing follows a profile): GPU-busy ms per step (kernel time),
-kernel launches and host synchronisations per step, and the top CPU-side and GPU-side costs, then as many steps
+torch.profiler (no timing follows a profile in the process: the cases timed after one ran slower): GPU-busy ms per
+step (kernel time), kernel launches and host synchronisations per step, and the top CPU-side and GPU-side costs, then as many steps
 timed part by part on the host (:func:`host_breakdown`: datamanager, render, loss, backward, optimizer, scheduler,
 callbacks). ``--fractions 1,0.3,0.15`` repeats every case with a random subset of the Gaussians (the count sweep).
 The step is nerfstudio's own: ``Trainer.train_iteration`` with the trainer's callbacks before and after it.
@@ -226,8 +226,8 @@ def measure(args) -> Dict[str, Any]:
         height, width = dm.cached_train[0]["image"].shape[:2]  # after undistortion's crop
         todo = [(ph, f) for ph in args.phases for f in args.fractions]
         timed = []
-        # every case is timed before any is profiled: once torch.profiler has traced CUDA in a process, each later
-        # kernel launch costs more (at 118a9f3 the cases timed after the first profile were 17-34 % slower, stock too)
+        # every case is timed before any is profiled: the 118a9f3 sweep profiled each case right after timing it, and
+        # its later (smaller) cases were 17-34 % slower than the first, stock too; timed first (bdfc480) they are not
         for phase, fraction in todo:
             these = subset(gaussians, fraction) if fraction < 1.0 else gaussians
             case: Dict[str, Any] = {"scene": args.scene, "downscale": d, "width": int(width), "height": int(height),
