@@ -140,19 +140,22 @@ class PruningLoop:
     def training_views(self) -> Iterator[View]:
         """All training cameras at full resolution, GT (RGBA composited on the eval background), one at a time: each
         view's float image is made as the pass reaches it (all of them at once cost 12 bytes a pixel per view, 1.2 GB
-        on bonsai's 255 views)."""
+        on bonsai's 255 views). The views' sizes are read back once, before the first: reading a view's size from the
+        device as it is made would make the next view wait for the GPU to finish scoring the current one."""
         dm, model = self.datamanager, self.model
         if dm is None or not hasattr(dm, "cached_train"):
             raise RuntimeError("the score pass needs a full-image datamanager with cached training images")
         cameras = dm.train_cameras
         background = (model.background_color.to(model.device) if model.config.background_color == "random"
                       else model._get_background_color())
+        sizes = torch.stack([cameras.width.reshape(-1), cameras.height.reshape(-1)], 1).tolist()  # one read for all views
         for i, data in enumerate(dm.cached_train):
+            width, height = sizes[i]
             cam = cameras[i : i + 1].to(model.device)
             img = data["image"].to(model.device)
             img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
             yield View(viewmat_from_c2w(cam.camera_to_worlds)[0], cam.get_intrinsics_matrices()[0].to(model.device),
-                       int(cam.width.item()), int(cam.height.item()), model.composite_with_background(img, background), background)
+                       width, height, model.composite_with_background(img, background), background)
 
     def score(self, spec, k: int, tile_scope: bool, recovery: bool) -> Dict[str, Tensor]:
         """The score pass over the training views at the model's current SH degree (``spec``, ``k``, ``tile_scope``,
