@@ -11,8 +11,8 @@ off, as after it) each trainer runs ``--warmup`` steps, then ``--trials`` timed 
 between two synchronisations, alternating stock and ours after one untimed alternating trial (the median wall ms
 per step is reported). Once every case is timed, each is installed again and runs ``--profile-steps`` steps under
 torch.profiler (no timing follows a profile in the process: the cases timed after one ran slower): GPU-busy ms per
-step (kernel time), kernel launches and host synchronisations per step, and the top CPU-side and GPU-side costs, then as many steps
-timed part by part on the host (:func:`host_breakdown`: datamanager, render, loss, backward, optimizer, scheduler,
+step (kernel time), kernel launches and host synchronisations per step, and the top CPU-side and GPU-side costs,
+then as many steps timed part by part on the host (:func:`host_breakdown`: datamanager, render, loss, backward, optimizer, scheduler,
 callbacks). ``--fractions 1,0.3,0.15`` repeats every case with a random subset of the Gaussians (the count sweep).
 The step is nerfstudio's own: ``Trainer.train_iteration`` with the trainer's callbacks before and after it.
 Writes ``benchmarks/results/step-time.json`` (format: ../shared spec benchmark.md) and prints a table.
@@ -199,6 +199,13 @@ def profile(trainer, start: int, n: int) -> Dict[str, Any]:
             "top_cpu_ms": top(by_cpu), "top_gpu_ms": top(by_gpu)}
 
 
+def start_case(trainer, gaussians: Dict[str, torch.Tensor], phase: str, warmup: int) -> int:
+    """:func:`install` these Gaussians and run ``warmup`` steps from START; returns the next step number."""
+    install(trainer, gaussians, phase)
+    run_steps(trainer, START, warmup)
+    return START + warmup
+
+
 def time_steps(trainer, start: int, n: int) -> float:
     """Wall milliseconds per step over n steps between two synchronisations."""
     torch.cuda.synchronize()
@@ -224,20 +231,17 @@ def measure(args) -> Dict[str, Any]:
         trainers = {name: trainer_for(name, args.data, d, args.scale, out) for name in (STOCK, OURS)}
         dm = trainers[STOCK].pipeline.datamanager
         height, width = dm.cached_train[0]["image"].shape[:2]  # after undistortion's crop
-        todo = [(ph, f) for ph in args.phases for f in args.fractions]
         timed = []
         # every case is timed before any is profiled: the 118a9f3 sweep profiled each case right after timing it, and
         # its later (smaller) cases were 17-34 % slower than the first, stock too; timed first (bdfc480) they are not
-        for phase, fraction in todo:
+        for phase, fraction in [(ph, f) for ph in args.phases for f in args.fractions]:
             these = subset(gaussians, fraction) if fraction < 1.0 else gaussians
             case: Dict[str, Any] = {"scene": args.scene, "downscale": d, "width": int(width), "height": int(height),
                                     "gaussians": int(these["means"].shape[0]), "fraction": fraction, "steps": args.steps,
                                     "phase": phase}
-            for key, name in (("stock", STOCK), ("ours", OURS)):
-                install(trainers[name], these, phase)
-                run_steps(trainers[name], START, args.warmup)
+            for name in (STOCK, OURS):
+                step = start_case(trainers[name], these, phase, args.warmup)
             trials: Dict[str, List[float]] = {"stock": [], "ours": []}
-            step = START + args.warmup
             # one untimed alternating round first: the first case of a process measured 6.75 and then 8.19 ms in
             # two runs while stock stayed put; alternate, so that a drift of the machine reaches both alike
             for i in range(args.trials + 1):
@@ -254,9 +258,7 @@ def measure(args) -> Dict[str, Any]:
         for case, these in timed:
             for key, name in (("stock", STOCK), ("ours", OURS)):
                 tr = trainers[name]
-                install(tr, these, case["phase"])
-                run_steps(tr, START, args.warmup)
-                step = START + args.warmup
+                step = start_case(tr, these, case["phase"], args.warmup)
                 prof = profile(tr, step, args.profile_steps)
                 case[f"{key}_gpu_ms"] = prof.pop("gpu_ms")
                 prof["host_ms"] = host_breakdown(tr, step + args.profile_steps, args.profile_steps)
